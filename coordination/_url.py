@@ -1,0 +1,216 @@
+"""URL parsing and typed options, shared by every backend."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from ._names import validate_identity, validate_name
+from .exceptions import InvalidName, InvalidURL
+
+__all__ = [
+    "COMMON_OPTIONS",
+    "Option",
+    "ParsedURL",
+    "default_identity",
+    "parse_url",
+    "resolve_options",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One typed option a backend accepts in the URL query or as a keyword argument.
+
+    ``type`` is ``int``, ``float``, ``bool`` or ``str``. ``minimum`` bounds numbers.
+    ``secret`` options are never shown in ``repr()`` or error messages. ``check`` may
+    reject a converted value by returning a message (or ``None`` to accept).
+    """
+
+    type: type
+    default: Any
+    doc: str
+    minimum: float | None = None
+    secret: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+
+COMMON_OPTIONS: Mapping[str, Option] = {
+    "ttl": Option(float, 10.0, "Session time to live in seconds.", minimum=0.1),
+    "timeout": Option(float, 10.0, "Timeout of one backend request in seconds.", minimum=0.01),
+    "identity": Option(
+        str,
+        None,
+        "Holder identity recorded with locks and sessions (default: hostname:pid).",
+        check=lambda v: _identity_problem(v),
+    ),
+}
+
+
+def _identity_problem(value: str) -> str | None:
+    try:
+        validate_identity(value)
+    except InvalidName as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class ParsedURL:
+    """A coordination URL, split into its parts (no option is interpreted here)."""
+
+    scheme: str
+    hosts: tuple[tuple[str, int | None], ...]
+    namespace: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def host_strings(self, default_port: int) -> list[str]:
+        """The hosts as ``host:port`` strings, filling in ``default_port``."""
+        out = []
+        for host, port in self.hosts:
+            shown = f"[{host}]" if ":" in host else host
+            out.append(f"{shown}:{port if port is not None else default_port}")
+        return out
+
+
+def parse_url(url: str) -> ParsedURL:
+    """Split ``scheme://[user[:password]@]host[:port][,host[:port]...][/namespace][?query]``."""
+    if not isinstance(url, str):
+        raise InvalidURL(f"URL must be a str, not {type(url).__name__}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise InvalidURL(f"URL {_redact(url)!r} has no scheme; expected e.g. 'etcd://127.0.0.1:2379'")
+    scheme = scheme.lower()
+    if not scheme.replace("+", "").replace("-", "").isalnum():
+        raise InvalidURL(f"URL scheme {scheme!r} is not valid")
+    rest, _, fragment = rest.partition("#")
+    if fragment:
+        raise InvalidURL(f"URL {_redact(url)!r} has a fragment ('#...'); remove it")
+    rest, _, query_string = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+    hosts = tuple(_parse_host(h, url) for h in netloc.split(",")) if netloc else ()
+    namespace = unquote(path.strip("/")) if slash else ""
+    if namespace:
+        try:
+            validate_name(namespace, what="namespace (URL path)")
+        except InvalidName as exc:
+            raise InvalidURL(str(exc)) from None
+    query: dict[str, str] = {}
+    if query_string:
+        try:
+            pairs = parse_qsl(query_string, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise InvalidURL(f"URL query {query_string!r} is malformed; expected name=value&...") from None
+        for key, value in pairs:
+            if key in query:
+                raise InvalidURL(f"URL option {key!r} is given twice")
+            query[key] = value
+    return ParsedURL(scheme, hosts, namespace, query, username, password)
+
+
+def _parse_host(text: str, url: str) -> tuple[str, int | None]:
+    if not text:
+        raise InvalidURL(f"URL {_redact(url)!r} has an empty host in its host list")
+    if text.startswith("["):
+        host, bracket, port_text = text[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise InvalidURL(f"URL host {text!r} is malformed")
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise InvalidURL(f"URL host {text!r} has no host name")
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidURL(f"URL host {text!r} has an invalid port {port_text!r}")
+    return host, int(port_text)
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}" if ":" in userinfo else f"{userinfo}@{hosts}"
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
+
+
+def resolve_options(
+    declared: Mapping[str, Option], query: Mapping[str, str], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Typed option values: defaults, then the URL query, then keyword ``overrides``.
+
+    Raises :class:`InvalidURL` naming the option for an unknown name, a value that does
+    not convert, or one out of range.
+    """
+    values: dict[str, Any] = {name: opt.default for name, opt in declared.items()}
+    for source, items in (("URL option", query), ("option", overrides)):
+        for name, raw in items.items():
+            option = declared.get(name)
+            if option is None:
+                known = ", ".join(sorted(declared))
+                raise InvalidURL(f"unknown {source} {name!r}; known options: {known}")
+            values[name] = _convert(
+                name, option, raw, from_text=isinstance(raw, str) and source == "URL option"
+            )
+    return values
+
+
+def _convert(name: str, option: Option, raw: Any, *, from_text: bool) -> Any:
+    shown = "***" if option.secret else repr(raw)
+    kind = option.type
+    value: Any
+    if from_text and kind is not str:
+        text = raw.strip().lower()
+        try:
+            if kind is bool:
+                if text not in _TRUE | _FALSE:
+                    raise ValueError(text)
+                value = text in _TRUE
+            else:
+                value = kind(text)
+        except ValueError:
+            raise InvalidURL(f"option {name!r} must be {_type_name(kind)}, got {shown}") from None
+    else:
+        ok = isinstance(raw, kind) and not (kind is not bool and isinstance(raw, bool))
+        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            ok, raw = True, float(raw)
+        if not ok:
+            raise InvalidURL(f"option {name!r} must be {_type_name(kind)}, got {shown}")
+        value = raw
+    if option.minimum is not None and value < option.minimum:
+        raise InvalidURL(f"option {name!r} must be at least {option.minimum:g}, got {shown}")
+    if kind is float and value != value:  # NaN
+        raise InvalidURL(f"option {name!r} must be a number, got {shown}")
+    if option.check is not None:
+        problem = option.check(value)
+        if problem:
+            raise InvalidURL(f"option {name!r}: {problem}")
+    return value
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "a boolean (true/false)", str: "a string"}.get(
+        kind, kind.__name__
+    )
+
+
+def default_identity() -> str:
+    """``hostname:pid``, the identity used when none is given."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:128]

@@ -1,0 +1,254 @@
+"""What a backend implements.
+
+A backend is a distribution that registers a :class:`Backend` subclass in the entry-point
+group ``coordination.backends``::
+
+    [project.entry-points."coordination.backends"]
+    etcd = "coordination_etcd:EtcdBackend"
+
+The core owns everything a backend could get wrong: URL and option parsing, name checks,
+the session state machine, the local loss deadline, keepalive scheduling, retries after a
+lost session, cancellation clean-up, cancelling an ``async with`` body on loss, and the
+ordering and de-duplication of watch streams. A backend implements only the I/O below,
+in three layers:
+
+* :class:`Backend` — one client connection per ``connect()``: config reads and writes,
+  election reads, opening sessions.
+* :class:`BackendSession` — one server-side session (a ZooKeeper session, an etcd lease,
+  a Consul session): keepalive, close, and the contender queue that locks and elections
+  share (``enqueue`` → ``wait_owner`` → ``withdraw``).
+* :class:`SessionMonitor` — given by the core; the backend calls it when it learns of a
+  disconnect, a reconnect or an expiry before the next keepalive would.
+
+Every name a hook receives is already validated and already joined with the URL's
+namespace (``"myapp/jobs/nightly"``). Values are ``bytes``. Hooks raise only the errors in
+:mod:`coordination.exceptions`; :func:`map_errors` helps map a client's own errors, keeping
+the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+
+from ._types import Leader, Versioned
+from ._url import COMMON_OPTIONS, Option, ParsedURL
+from .capabilities import Capability
+from .exceptions import CoordinationError, Unsupported
+
+__all__ = [
+    "COMMON_OPTIONS",
+    "Backend",
+    "BackendSession",
+    "Kind",
+    "Option",
+    "ParsedURL",
+    "SessionMonitor",
+    "map_errors",
+]
+
+Kind = Literal["lock", "election"]
+"""Which primitive a contender queue belongs to. Backends may lay both out the same way."""
+
+ContenderT = TypeVar("ContenderT")
+
+
+class SessionMonitor(Protocol):
+    """Callbacks into the core's session state machine. Call them from the event loop."""
+
+    def suspended(self) -> None:
+        """The connection dropped; the session may still be alive on the server."""
+
+    def resumed(self) -> None:
+        """The connection is back and the server still knows the session."""
+
+    def expired(self) -> None:
+        """The server says the session is gone: every lock on it is lost, now."""
+
+
+class BackendSession(ABC, Generic[ContenderT]):
+    """One session on the server; the core keeps it alive and replaces it when it is lost.
+
+    Locks and elections are both a queue of *contenders* under a name: the first contender
+    owns the lock or leads the election. ``ContenderT`` is whatever the backend needs to
+    find its contender again (a key, a node path); the core treats it as opaque.
+
+    Attributes the backend sets before :meth:`Backend.open_session` returns:
+
+    * ``id`` — the server's id for the session, as text (lease id in hex, ZooKeeper
+      session id, Consul session UUID). Shown to users as ``coord.session_id``.
+    * ``ttl`` — the time to live the server granted, in seconds.
+    * ``keepalive_interval`` — seconds between keepalives (default: a third of ``ttl``).
+    """
+
+    id: str
+    ttl: float
+    keepalive_interval: float
+
+    @abstractmethod
+    async def keepalive(self) -> float:
+        """Renew the session once; return the TTL the server granted from now, in seconds.
+
+        The core measures the local loss deadline from the moment it *sent* this call, so
+        the reply must prove the session was alive when the server handled it.
+
+        Raises :class:`~coordination.SessionExpired` if the server no longer knows the
+        session, :class:`~coordination.Unavailable` if it could not be reached.
+        """
+
+    @abstractmethod
+    async def close(self) -> None:
+        """End the session on the server, releasing everything it holds.
+
+        Best effort: the core bounds it with the operation timeout and ignores failures
+        (the server expires the session at its TTL anyway).
+        """
+
+    @abstractmethod
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> ContenderT:
+        """Join the contender queue of ``name``, bound to this session; return the contender.
+
+        For a lock ``value`` is the holder identity; for an election it is the candidate's
+        value, which becomes the leader value. If this raises, it must leave no contender
+        behind (a lost reply to the create must not leave an orphan that blocks others).
+        """
+
+    @abstractmethod
+    async def wait_owner(self, contender: ContenderT, *, blocking: bool) -> int | None:
+        """Return the fencing token once ``contender`` is first in its queue.
+
+        With ``blocking=False`` return ``None`` at once if another contender is ahead.
+        Waiting must be driven by a watch on the contender just ahead (not by polling) and,
+        where the backend allows, wake only this waiter. The core cancels this call on a
+        timeout, on cancellation of the caller, and when the session is lost; it then calls
+        :meth:`withdraw`, so this method need not clean up.
+
+        The token is an integer that strictly increases across successive owners of
+        ``name``. Raises :class:`~coordination.SessionExpired` if the session is gone.
+        """
+
+    @abstractmethod
+    async def withdraw(self, contender: ContenderT) -> None:
+        """Leave the queue: release the lock, resign the election, or abandon a wait.
+
+        Must succeed if the contender is already gone. The core retries it in the
+        background while the session lives if it raises
+        :class:`~coordination.Unavailable`.
+        """
+
+    @abstractmethod
+    async def proclaim(self, contender: ContenderT, value: bytes) -> None:
+        """Replace the leader value of an owning election contender, keeping its token.
+
+        Raises :class:`~coordination.NotHeld` if ``contender`` is no longer the owner.
+        """
+
+
+class Backend(ABC):
+    """One client connection to a coordination service, made by ``connect()``.
+
+    The class attributes describe the backend; the subclass docstring should give its
+    URL format and a table of its options. ``__init__`` receives the parsed URL and the
+    typed option values (``options`` includes the common ``ttl``, ``timeout`` and
+    ``identity``) and must do no I/O.
+    """
+
+    scheme: ClassVar[str]
+    """Canonical name shown as ``coord.backend``, e.g. ``"etcd"``."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    """What this backend can do beyond the common semantics."""
+
+    options: ClassVar[Mapping[str, Option]] = COMMON_OPTIONS
+    """Every option the URL query or ``connect(**options)`` may set (include the common ones)."""
+
+    def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
+        self.url = url
+        self.settings = dict(options)
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect the client. Raise :class:`~coordination.Unavailable` if unreachable."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Close the client. Sessions are already closed when this is called."""
+
+    @abstractmethod
+    async def open_session(self, ttl: float, monitor: SessionMonitor) -> BackendSession[Any]:
+        """Open a new session with (at least) ``ttl`` seconds to live.
+
+        ``monitor`` is this session's link to the core state machine; keep it to report
+        disconnects and expiry as soon as the client sees them.
+        """
+
+    async def expire_session(self, session_id: str) -> None:
+        """End the session ``session_id`` from this client, as the server would on expiry.
+
+        Lets an operator evict a stuck holder, and the conformance suite force an expiry
+        from outside. Backends that can, declare :attr:`Capability.EXPIRE_SESSION`.
+        """
+        raise Unsupported(f"the {self.scheme} backend cannot expire another client's session")
+
+    # -- elections (no session needed) ---------------------------------------------------
+
+    @abstractmethod
+    async def leader(self, name: str) -> Leader | None:
+        """The current leader of election ``name``, or ``None`` if it has none."""
+
+    @abstractmethod
+    def observe(self, name: str) -> AsyncIterator[Leader | None]:
+        """Yield the current leader (or ``None``) of ``name`` now and after every change.
+
+        Driven by watches. Repeats are fine: the core drops an item equal to the one before.
+        Raise :class:`~coordination.Unavailable` when the stream breaks; the core restarts
+        the iterator.
+        """
+
+    # -- config ----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, key: str) -> Versioned | None:
+        """The value of ``key`` and its version, or ``None`` if absent (a consistent read)."""
+
+    @abstractmethod
+    async def set(self, key: str, value: bytes) -> int:
+        """Write ``value``; return its version, greater than any earlier version of ``key``."""
+
+    @abstractmethod
+    async def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
+        """Write only if the version is ``expected`` (``None``: only if absent)."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; return whether it existed."""
+
+    @abstractmethod
+    def watch(self, key: str) -> AsyncIterator[Versioned | None]:
+        """Yield the state of ``key`` now, then after every change (``None`` = absent).
+
+        Driven by watches, not polling. Where history is lost (compaction, a change while
+        disconnected) re-read and yield the latest state. The core drops any item whose
+        version is not above the last one yielded, so re-reads are safe. Raise
+        :class:`~coordination.Unavailable` when the stream breaks; the core restarts it.
+        """
+
+
+@contextlib.contextmanager
+def map_errors(mapping: Mapping[type[BaseException], type[CoordinationError]]) -> Iterator[None]:
+    """Re-raise a client error as the first matching public error, keeping it as ``__cause__``.
+
+    ::
+
+        with map_errors({grpc.aio.AioRpcError: Unavailable, OSError: Unavailable}):
+            await client.put(key, value)
+    """
+    try:
+        yield
+    except CoordinationError:
+        raise
+    except Exception as exc:
+        for client_error, public_error in mapping.items():
+            if isinstance(exc, client_error):
+                raise public_error(f"{type(exc).__name__}: {exc}") from exc
+        raise

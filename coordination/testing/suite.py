@@ -1,0 +1,687 @@
+"""The conformance suite: test mixins every backend must pass.
+
+The mixins have no ``Test`` prefix, so pytest never collects them alone. A backend joins
+each with its fixture class (see :class:`~coordination.testing.CoordinationFixtures`)::
+
+    class TestLock(LockTests, MyFixtures): pass
+    class TestElection(ElectionTests, MyFixtures): pass
+    class TestConfig(ConfigTests, MyFixtures): pass
+    class TestSession(SessionTests, MyFixtures): pass
+    class TestBadInput(BadInputTests, MyFixtures): pass
+
+A test that needs a capability is marked ``@pytest.mark.requires(Capability.X)``; on a
+backend that does not declare it, it is reported as skipped with the capability's name.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import anyio
+import pytest
+
+import coordination
+from coordination import (
+    AcquireTimeout,
+    BackendNotFound,
+    Capability,
+    Coordinator,
+    HeldLock,
+    InvalidName,
+    InvalidURL,
+    Leader,
+    LeadershipLost,
+    LockLost,
+    NotHeld,
+    SessionState,
+    Versioned,
+)
+
+from .fixtures import Harness
+
+__all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "LockTests", "SessionTests"]
+
+asyncio = pytest.mark.asyncio
+
+
+def _strictly_increasing(values: list[int]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(values))
+
+
+class LockTests:
+    """Locks: mutual exclusion, fencing tokens, timeouts, clean cancellation, loss."""
+
+    contention_sessions = 8
+    contention_rounds = 200
+
+    @asyncio
+    async def test_mutual_exclusion_under_contention(self, harness: Harness) -> None:
+        """N sessions x M acquisitions of one lock: no overlap, tokens strictly increase."""
+        inside = 0
+        overlaps = 0
+        tokens: list[int] = []
+
+        async def worker(coord: Coordinator) -> None:
+            nonlocal inside, overlaps
+            lock = coord.lock("contended")
+            for _ in range(self.contention_rounds):
+                async with lock as held:
+                    inside += 1
+                    overlaps += inside > 1
+                    tokens.append(held.token)
+                    await anyio.lowlevel.checkpoint()
+                    inside -= 1
+
+        async with harness.sessions(self.contention_sessions) as coords:
+            with anyio.fail_after(harness.t(120)):
+                async with anyio.create_task_group() as tg:
+                    for coord in coords:
+                        tg.start_soon(worker, coord)
+        assert overlaps == 0
+        assert len(tokens) == self.contention_sessions * self.contention_rounds
+        assert _strictly_increasing(tokens), "fencing tokens must strictly increase across holders"
+
+    @asyncio
+    async def test_release_hands_over(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            held_a = await a.lock("handover").acquire()
+            assert held_a.held
+            async with anyio.create_task_group() as tg:
+                got: list[HeldLock] = []
+
+                async def wait_b() -> None:
+                    got.append(await b.lock("handover").acquire())
+
+                tg.start_soon(wait_b)
+                assert await b.lock("handover").try_acquire() is None
+                await held_a.release()
+            assert not held_a.held
+            (held_b,) = got
+            assert held_b.held
+            assert held_b.token > held_a.token
+            assert held_b.name == "handover"
+            assert held_b.identity == b.identity
+            await held_b.release()
+
+    @asyncio
+    async def test_try_acquire_never_waits(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            held = await a.lock("try").acquire()
+            assert await harness.within(2, b.lock("try").try_acquire(), "try_acquire on a held lock") is None
+            await held.release()
+            again = await harness.within(2, b.lock("try").try_acquire(), "try_acquire on a free lock")
+            assert again is not None
+            assert again.token > held.token
+            await again.release()
+
+    @asyncio
+    async def test_acquire_timeout(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            held = await a.lock("timeout").acquire()
+            start = anyio.current_time()
+            with pytest.raises(AcquireTimeout) as info:
+                await harness.within(3, b.lock("timeout").acquire(timeout=0.3), "acquire timeout")
+            assert isinstance(info.value, TimeoutError)
+            assert anyio.current_time() - start >= 0.3
+            # The timed-out waiter left nothing behind: the next acquirer is not delayed.
+            await held.release()
+            nxt = await harness.within(2, a.lock("timeout").try_acquire(), "try_acquire after a timeout")
+            assert nxt is not None
+            await nxt.release()
+
+    @asyncio
+    async def test_cancelled_acquire_leaves_nothing_behind(self, harness: Harness) -> None:
+        async with harness.sessions(3) as (a, b, c):
+            held = await a.lock("cancel").acquire()
+            # A waiter that is surely queued (its timed acquire ran out while waiting) and one
+            # cancelled from outside: neither may leave a contender that blocks c.
+            with pytest.raises(AcquireTimeout):
+                await b.lock("cancel").acquire(timeout=0.3)
+            with anyio.move_on_after(0.3) as scope:
+                await b.lock("cancel").acquire()
+            assert scope.cancelled_caught
+            await held.release()
+            nxt = await harness.within(2, c.lock("cancel").try_acquire(), "try_acquire after cancelled waits")
+            assert nxt is not None, "a cancelled waiter left a contender behind"
+            await nxt.release()
+
+    @asyncio
+    async def test_body_error_releases(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            with pytest.raises(ZeroDivisionError):
+                async with a.lock("error"):
+                    1 / 0  # noqa: B018
+            nxt = await b.lock("error").try_acquire()
+            assert nxt is not None
+            await nxt.release()
+
+    @asyncio
+    async def test_cancelled_body_releases(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            entered = anyio.Event()
+
+            async def hold() -> None:
+                async with a.lock("cancelled-body"):
+                    entered.set()
+                    await anyio.sleep_forever()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold)
+                await harness.within(5, entered.wait(), "entering the lock")
+                tg.cancel_scope.cancel()
+            nxt = await harness.within(2, b.lock("cancelled-body").try_acquire(), "try_acquire")
+            assert nxt is not None
+            await nxt.release()
+
+    @asyncio
+    async def test_release_twice_is_not_held(self, harness: Harness) -> None:
+        async with harness.session() as a:
+            held = await a.lock("twice").acquire()
+            await held.release()
+            with pytest.raises(NotHeld):
+                await held.release()
+            assert not held.held
+            assert not held.lost
+
+    @asyncio
+    async def test_expiry_cancels_body_and_raises_lock_lost(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            entered = anyio.Event()
+            outcome: list[BaseException] = []
+            first: list[HeldLock] = []
+            body_cancelled = False
+
+            async def hold() -> None:
+                nonlocal body_cancelled
+                try:
+                    async with a.lock("expiry") as held:
+                        first.append(held)
+                        entered.set()
+                        try:
+                            await anyio.sleep_forever()
+                        except anyio.get_cancelled_exc_class():
+                            body_cancelled = True
+                            raise
+                except LockLost as exc:
+                    outcome.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold)
+                await harness.within(5, entered.wait(), "entering the lock")
+                old_session = await harness.expire(a)
+                await harness.within(10, first[0].wait_lost(), "the loss being noticed")
+            assert body_cancelled, "the body must be cancelled when the lock is lost"
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], LockLost)
+            assert first[0].lost
+            assert not first[0].held
+            with pytest.raises(LockLost):
+                await first[0].release()
+            # Another session takes the lock, with a higher token.
+            taken = await harness.within(10, b.lock("expiry").acquire(), "another session acquiring")
+            assert taken.token > first[0].token
+            await taken.release()
+            # The coordinator opened a new session by itself and can acquire again.
+            await harness.wait_state(a, SessionState.CONNECTED)
+            assert a.session_id is not None
+            assert a.session_id != old_session
+            again = await harness.within(10, a.lock("expiry").acquire(), "acquiring on the new session")
+            assert again.token > taken.token
+            await again.release()
+
+    @asyncio
+    async def test_release_after_loss_raises(self, harness: Harness) -> None:
+        async with harness.session() as a:
+            held = await a.lock("lost-release").acquire()
+            await harness.expire(a)
+            await harness.within(10, held.wait_lost(), "the loss being noticed")
+            with pytest.raises(LockLost):
+                await held.release()
+
+    @asyncio
+    async def test_waiter_survives_session_loss(self, harness: Harness) -> None:
+        """A waiting acquire whose session is lost goes on waiting on the next session."""
+        async with harness.sessions(2) as (a, b):
+            held = await a.lock("waiter").acquire()
+            got: list[HeldLock] = []
+            async with anyio.create_task_group() as tg:
+
+                async def wait_b() -> None:
+                    got.append(await b.lock("waiter").acquire())
+
+                tg.start_soon(wait_b)
+                await harness.expire_and_recover(b)
+                await held.release()
+            assert got
+            assert got[0].held
+            assert got[0].token > held.token
+            await got[0].release()
+
+
+class ElectionTests:
+    """Elections: one leader, hand-over on resign and expiry, observe, proclaim."""
+
+    candidates = 5
+
+    @asyncio
+    async def test_one_leader_among_many(self, harness: Harness) -> None:
+        leading = 0
+        most = 0
+        tokens: list[int] = []
+
+        async def candidate(coord: Coordinator, i: int) -> None:
+            nonlocal leading, most
+            async with coord.election("one").campaign(f"node-{i}".encode()) as leadership:
+                leading += 1
+                most = max(most, leading)
+                tokens.append(leadership.token)
+                leader = await coord.election("one").leader()
+                assert leader == Leader(f"node-{i}".encode(), leadership.token)
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                leading -= 1
+
+        async with harness.sessions(self.candidates) as coords:
+            with anyio.fail_after(harness.t(60)):
+                async with anyio.create_task_group() as tg:
+                    for i, coord in enumerate(coords):
+                        tg.start_soon(candidate, coord, i)
+        assert most == 1
+        assert len(tokens) == self.candidates
+        assert _strictly_increasing(tokens)
+
+    @asyncio
+    async def test_no_leader(self, harness: Harness) -> None:
+        async with harness.session() as a:
+            assert await a.election("empty").leader() is None
+            async for leader in a.election("empty").observe():
+                assert leader is None
+                break
+
+    @asyncio
+    async def test_observe_sees_resign_handover_and_proclaim(self, harness: Harness) -> None:
+        async with harness.sessions(3) as (a, b, watcher):
+            seen: list[Leader | None] = []
+            changed = anyio.Event()
+
+            async def observe() -> None:
+                nonlocal changed
+                async for leader in watcher.election("ho").observe():
+                    seen.append(leader)
+                    changed.set()
+
+            async def until(expected: Leader | None) -> None:
+                nonlocal changed
+                while not seen or seen[-1] != expected:
+                    changed = anyio.Event()
+                    await changed.wait()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(observe)
+                await harness.within(5, until(None), "observe() yielding no leader")
+                leader_a = await a.election("ho").campaign(b"a")
+                await harness.within(5, until(Leader(b"a", leader_a.token)), "observe() seeing a")
+                await leader_a.proclaim(b"a2")
+                assert leader_a.value == b"a2"
+                await harness.within(5, until(Leader(b"a2", leader_a.token)), "observe() seeing the proclaim")
+                assert await b.election("ho").leader() == Leader(b"a2", leader_a.token)
+                async with anyio.create_task_group() as inner:
+                    got = []
+
+                    async def campaign_b() -> None:
+                        got.append(await b.election("ho").campaign(b"b"))
+
+                    inner.start_soon(campaign_b)
+                    await leader_a.resign()
+                (leader_b,) = got
+                assert leader_b.token > leader_a.token
+                await harness.within(5, until(Leader(b"b", leader_b.token)), "observe() seeing b")
+                assert await a.election("ho").leader() == Leader(b"b", leader_b.token)
+                await leader_b.resign()
+                await harness.within(5, until(None), "observe() seeing no leader")
+                tg.cancel_scope.cancel()
+            assert [s for s in seen if s is not None] == [
+                Leader(b"a", leader_a.token),
+                Leader(b"a2", leader_a.token),
+                Leader(b"b", leader_b.token),
+            ]
+
+    @asyncio
+    async def test_expiry_hands_over_and_raises_leadership_lost(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            entered = anyio.Event()
+            outcome: list[BaseException] = []
+            first = []
+
+            async def lead_a() -> None:
+                try:
+                    async with a.election("exp").campaign(b"a") as leadership:
+                        first.append(leadership)
+                        entered.set()
+                        await anyio.sleep_forever()
+                except LeadershipLost as exc:
+                    outcome.append(exc)
+
+            got = []
+
+            async def lead_b() -> None:
+                got.append(await b.election("exp").campaign(b"b"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lead_a)
+                await harness.within(5, entered.wait(), "a leading")
+                tg.start_soon(lead_b)
+                await harness.expire(a)
+            assert len(outcome) == 1
+            assert got[0].token > first[0].token
+            assert await a.election("exp").leader() == Leader(b"b", got[0].token)
+            with pytest.raises(LeadershipLost):
+                await first[0].proclaim(b"late")
+            await got[0].resign()
+            with pytest.raises(NotHeld):
+                await got[0].proclaim(b"after resign")
+
+    @asyncio
+    async def test_campaign_timeout_and_cancel_leave_nothing(self, harness: Harness) -> None:
+        async with harness.sessions(3) as (a, b, c):
+            leadership = await a.election("ct").campaign(b"a")
+            with pytest.raises(AcquireTimeout):
+                await b.election("ct").campaign(b"b", timeout=0.3)
+            with anyio.move_on_after(0.3):
+                await b.election("ct").campaign(b"b")
+            await leadership.resign()
+            nxt = await harness.within(3, c.election("ct").campaign(b"c"), "campaign after cancelled ones")
+            assert await a.election("ct").leader() == Leader(b"c", nxt.token)
+            await nxt.resign()
+
+
+class ConfigTests:
+    """Config values: versions, compare-and-set, delete, ordered watches."""
+
+    watch_writes = 50
+
+    @asyncio
+    async def test_get_set_delete(self, harness: Harness) -> None:
+        async with harness.session() as a:
+            cfg = a.config("settings/db")
+            assert await cfg.get() is None
+            v1 = await cfg.set(b"one")
+            assert await cfg.get() == Versioned(b"one", v1)
+            v2 = await cfg.set(b"two")
+            assert v2 > v1
+            assert await cfg.get() == Versioned(b"two", v2)
+            assert await cfg.delete() is True
+            assert await cfg.get() is None
+            assert await cfg.delete() is False
+            v3 = await cfg.set(b"")
+            assert v3 > v2
+            assert await cfg.get() == Versioned(b"", v3)
+
+    @asyncio
+    async def test_compare_and_set(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            cfg_a, cfg_b = a.config("cas"), b.config("cas")
+            assert await cfg_a.compare_and_set(b"first", None) is True
+            assert await cfg_b.compare_and_set(b"second", None) is False
+            current = await cfg_b.get()
+            assert current is not None
+            assert current.value == b"first"
+            assert await cfg_b.compare_and_set(b"stale", current.version - 1) is False
+            assert await cfg_b.compare_and_set(b"second", current.version) is True
+            assert await cfg_a.compare_and_set(b"lost race", current.version) is False
+            latest = await cfg_a.get()
+            assert latest is not None
+            assert latest.value == b"second"
+            assert latest.version > current.version
+            await cfg_a.delete()
+            assert await cfg_a.compare_and_set(b"again", latest.version) is False
+            assert await cfg_a.compare_and_set(b"again", None) is True
+
+    @asyncio
+    async def test_values_are_bytes(self, harness: Harness) -> None:
+        async with harness.session() as a:
+            with pytest.raises(TypeError):
+                await a.config("typed").set("text")  # type: ignore[arg-type]
+
+    @asyncio
+    async def test_watch_is_ordered_and_ends_on_latest(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (writer, reader):
+            cfg = writer.config("watched")
+            first_version = await cfg.set(b"0")
+            seen: list[Versioned | None] = []
+            last = anyio.Event()
+            started = anyio.Event()
+            final = str(self.watch_writes).encode()
+
+            async def watch() -> None:
+                async for item in reader.config("watched").watch():
+                    seen.append(item)
+                    started.set()
+                    if item is not None and item.value == final:
+                        last.set()
+                        return
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await harness.within(5, started.wait(), "the first watch item")
+                versions = [first_version]
+                for i in range(1, self.watch_writes + 1):
+                    versions.append(await cfg.set(str(i).encode()))
+                await harness.within(10, last.wait(), "the watch seeing the last write")
+            assert seen[0] == Versioned(b"0", first_version), "the first item is the current state"
+            got = [item for item in seen if item is not None]
+            assert _strictly_increasing([item.version for item in got])
+            assert _strictly_increasing([int(item.value) for item in got]), (
+                "never an older value after a newer"
+            )
+            for item in got:
+                assert item.version == versions[int(item.value)]
+            if Capability.EVERY_VERSION in harness.capabilities:
+                assert [int(item.value) for item in got] == list(range(self.watch_writes + 1))
+
+    @asyncio
+    async def test_watch_sees_delete_and_recreate(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (writer, reader):
+            cfg = writer.config("recreated")
+            seen: list[Versioned | None] = []
+            changed = anyio.Event()
+
+            async def watch() -> None:
+                nonlocal changed
+                async for item in reader.config("recreated").watch():
+                    seen.append(item)
+                    changed.set()
+
+            async def until(expected: Versioned | None) -> None:
+                nonlocal changed
+                while not seen or seen[-1] != expected:
+                    changed = anyio.Event()
+                    await changed.wait()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await harness.within(5, until(None), "the first (absent) item")
+                v1 = await cfg.set(b"x")
+                await harness.within(5, until(Versioned(b"x", v1)), "the watch seeing the write")
+                await cfg.delete()
+                await harness.within(5, until(None), "the watch seeing the delete")
+                v2 = await cfg.set(b"y")
+                await harness.within(5, until(Versioned(b"y", v2)), "the watch seeing the re-create")
+                tg.cancel_scope.cancel()
+            assert seen == [None, Versioned(b"x", v1), None, Versioned(b"y", v2)]
+
+    @asyncio
+    @pytest.mark.requires(Capability.EVERY_VERSION)
+    async def test_watch_yields_every_version(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (writer, reader):
+            cfg = writer.config("every")
+            await cfg.set(b"0")
+            seen: list[bytes] = []
+            async with anyio.create_task_group() as tg:
+                started, done = anyio.Event(), anyio.Event()
+
+                async def watch() -> None:
+                    async for item in reader.config("every").watch():
+                        assert item is not None
+                        seen.append(item.value)
+                        started.set()
+                        if item.value == b"20":
+                            done.set()
+                            return
+
+                tg.start_soon(watch)
+                await harness.within(5, started.wait(), "the first watch item")
+                for i in range(1, 21):
+                    await cfg.set(str(i).encode())
+                await harness.within(10, done.wait(), "the last write")
+            assert seen == [str(i).encode() for i in range(21)]
+
+
+class SessionTests:
+    """Sessions: state, ids, recovery after loss, clean close."""
+
+    @asyncio
+    async def test_connected(self, harness: Harness) -> None:
+        async with harness.sessions(3) as coords:
+            for coord in coords:
+                assert coord.state is SessionState.CONNECTED
+                assert coord.backend == harness.backend_class.scheme
+                assert isinstance(coord.capabilities, frozenset)
+                assert all(isinstance(c, Capability) for c in coord.capabilities)
+                async for state in coord.states():
+                    assert state is SessionState.CONNECTED
+                    break
+            ids = [coord.session_id for coord in coords]
+            assert None not in ids
+            assert len(set(ids)) == 3
+
+    @asyncio
+    async def test_expiry_is_lost_then_a_new_session(self, harness: Harness) -> None:
+        async with harness.session() as a:
+            old = await harness.expire_and_recover(a)
+            assert a.session_id not in (None, old)
+            held = await a.lock("after").acquire(timeout=harness.t(5))
+            await held.release()
+
+    @asyncio
+    async def test_close_releases_everything(self, harness: Harness) -> None:
+        async with harness.session() as b:
+            async with harness.session() as a:
+                held = await a.lock("closing").acquire()
+                leadership = await a.election("closing").campaign(b"a")
+            assert held.lost
+            assert leadership.lost
+            got = await harness.within(3, b.lock("closing").try_acquire(), "try_acquire after close")
+            assert got is not None
+            assert got.token > held.token
+            await got.release()
+            assert await b.election("closing").leader() is None
+
+    @asyncio
+    async def test_identity(self, harness: Harness) -> None:
+        async with harness.session(identity="worker-7") as a:
+            assert a.identity == "worker-7"
+            held = await a.lock("who").acquire()
+            assert held.identity == "worker-7"
+            await held.release()
+
+    @asyncio
+    async def test_unopened_coordinator_refuses(self, harness: Harness) -> None:
+        coord = harness.connect()
+        assert coord.session_id is None
+        with pytest.raises(RuntimeError, match="not open"):
+            await coord.lock("x").acquire()
+
+
+BAD_NAMES = [
+    "",
+    "/lead",
+    "trail/",
+    "dou//ble",
+    "..",
+    ".",
+    "a/../b",
+    "nul\x00",
+    "new\nline",
+    "tab\t",
+    "spa ce",
+    "ümlaut",
+    "star*",
+    "x" * 300,
+]
+
+
+class BadInputTests:
+    """Bad names, URLs and options raise the documented errors, before any I/O."""
+
+    @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+    def test_bad_names(self, harness: Harness, name: str) -> None:
+        coord = harness.connect()  # not opened: the check must come before any I/O
+        for make in (coord.lock, coord.election, coord.config):
+            with pytest.raises(InvalidName) as info:
+                make(name)
+            assert isinstance(info.value, ValueError)
+
+    def test_non_string_name(self, harness: Harness) -> None:
+        with pytest.raises(InvalidName):
+            harness.connect().lock(42)  # type: ignore[arg-type]
+
+    def test_good_names(self, harness: Harness) -> None:
+        coord = harness.connect()
+        for name in ("a", "jobs/nightly", "A-b_c.d/e", "x" * 200, "1/2/3"):
+            assert coord.lock(name).name == name
+
+    def test_unknown_scheme(self) -> None:
+        with pytest.raises(BackendNotFound) as info:
+            coordination.connect("nosuchbackend://h:1")
+        assert isinstance(info.value, LookupError)
+        assert "install" in str(info.value)
+
+    @pytest.mark.parametrize(
+        ("suffix", "option"),
+        [("bogus=1", "bogus"), ("ttl=abc", "ttl"), ("ttl=-1", "ttl"), ("timeout=", "timeout")],
+    )
+    def test_bad_url_options(self, harness: Harness, suffix: str, option: str) -> None:
+        url = harness.url + ("&" if "?" in harness.url else "?") + suffix
+        with pytest.raises(InvalidURL, match=repr(option)) as info:
+            coordination.connect(url)
+        assert isinstance(info.value, ValueError)
+
+    @pytest.mark.parametrize(
+        ("options", "option"),
+        [
+            ({"ttl": "ten"}, "ttl"),
+            ({"ttl": True}, "ttl"),
+            ({"nope": 1}, "nope"),
+            ({"identity": "\x00"}, "identity"),
+        ],
+    )
+    def test_bad_keyword_options(self, harness: Harness, options: dict[str, object], option: str) -> None:
+        with pytest.raises(InvalidURL, match=repr(option)):
+            harness.connect(**options)
+
+    def test_keyword_overrides_query(self, harness: Harness) -> None:
+        url = harness.url + ("&" if "?" in harness.url else "?") + "ttl=7"
+        assert coordination.connect(url).ttl == 7
+        assert coordination.connect(url, ttl=9).ttl == 9
+
+    @pytest.mark.parametrize(
+        "url", ["no-scheme", "://x", "memory://a/b//c", "etcd://h:99999", "etcd://h:port", "etcd://a,,b"]
+    )
+    def test_malformed_urls(self, url: str) -> None:
+        with pytest.raises(InvalidURL):
+            coordination.connect(url)
+
+    def test_default_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("COORDINATION_URL", raising=False)
+        assert coordination.connect().backend == "memory"
+        monkeypatch.setenv("COORDINATION_URL", "memory://from-env?ttl=4")
+        coord = coordination.connect()
+        assert coord.backend == "memory"
+        assert coord.ttl == 4
+
+    @asyncio
+    async def test_values_must_be_bytes(self, harness: Harness) -> None:
+        async with harness.session() as a:
+            with pytest.raises(TypeError):
+                a.election("e").campaign("text")  # type: ignore[arg-type]

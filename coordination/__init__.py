@@ -20,7 +20,7 @@ from typing import Any
 
 from ._coordinator import Coordinator
 from ._types import Leader, SessionState, Versioned
-from ._url import parse_url, resolve_options
+from ._url import default_identity, parse_url, resolve_options
 from .abc import Backend
 from .capabilities import Capability
 from .exceptions import (
@@ -142,5 +142,6 @@ def connect(url: str | None = None, **options: Any) -> Coordinator:
     parsed = parse_url(url)
     backend_class = _find_backend(parsed.scheme)
     values = resolve_options(backend_class.options, parsed.query, options)
+    values["identity"] = values["identity"] or default_identity()
     backend = backend_class(parsed, values)
     return Coordinator(backend, ttl=values["ttl"], timeout=values["timeout"], identity=values["identity"])

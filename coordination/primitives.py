@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
@@ -90,14 +90,22 @@ class _Holding:
 
     # -- the guarded ``async with`` body ---------------------------------------------------
 
-    def _enter_body(self) -> None:
+    async def __aenter__(self) -> Self:
+        """Guard a body with this holding: cancelled on loss, released at exit.
+
+        ``async with await lock.acquire(timeout=5) as held:`` is ``async with lock`` with a
+        timeout. If the holding is lost, the body is cancelled and the loss error
+        (:class:`~coordination.LockLost` / :class:`~coordination.LeadershipLost`) is raised
+        at its exit.
+        """
         scope = anyio.CancelScope()
         scope.__enter__()
         self._scopes.append(scope)
         if not self.held:
             scope.cancel()
+        return self
 
-    async def _exit_body(
+    async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         scope = self._scopes.pop()
@@ -195,7 +203,7 @@ class Lock:
 
     async def __aenter__(self) -> HeldLock:
         held = await self.acquire()
-        held._enter_body()
+        await held.__aenter__()
         self._entered.setdefault(anyio.get_current_task().id, []).append(held)
         return held
 
@@ -207,7 +215,7 @@ class Lock:
         held = stack.pop()
         if not stack:
             del self._entered[task]
-        return await held._exit_body(exc_type, exc, tb)
+        return await held.__aexit__(exc_type, exc, tb)
 
 
 class Campaign:
@@ -242,14 +250,13 @@ class Campaign:
         if self._leadership is not None:
             raise RuntimeError("a Campaign can be entered only once; call campaign() again")
         self._leadership = await self._run()
-        self._leadership._enter_body()
-        return self._leadership
+        return await self._leadership.__aenter__()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         assert self._leadership is not None
-        return await self._leadership._exit_body(exc_type, exc, tb)
+        return await self._leadership.__aexit__(exc_type, exc, tb)
 
 
 class Election:

@@ -143,12 +143,13 @@ def _parse_host(text: str, url: str) -> tuple[str, int | None]:
 
 
 def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}" if ":" in userinfo else f"{userinfo}@{hosts}"
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
+    """``url`` with any password replaced by ``***``, for error messages."""
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        userinfo, _, hosts = authority.rpartition("@")
+        authority = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    return f"{scheme}{sep}{authority}{slash}{tail}"
 
 
 def resolve_options(

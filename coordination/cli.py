@@ -225,8 +225,8 @@ def _parser() -> argparse.ArgumentParser:
             default=10.0,
             help="seconds between SIGTERM and SIGKILL on loss (default 10)",
         )
-        p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command to run")
         p.set_defaults(func=func)
+        p.usage = f"coordination {name} URL NAME [options] -- CMD [ARG...]"
 
     leader = sub.add_parser("leader", help="print the leader of election NAME")
     leader.add_argument("url", metavar="URL")
@@ -282,17 +282,27 @@ async def _main(args: argparse.Namespace) -> int:
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``coordination`` console script; returns the exit status."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; for ``lock`` and ``elect``, CMD is everything after ``--``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
     parser = _parser()
     args = parser.parse_args(argv)
-    command = getattr(args, "command", None)
-    if command is not None:
-        if command[:1] == ["--"]:
-            command = command[1:]
+    if args.cmd in ("lock", "elect"):
         if not command:
             parser.error(f"{args.cmd}: give the command to run after '--'")
         args.command = command
+    elif command:
+        parser.error(f"{args.cmd} takes no command after '--'")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``coordination`` console script; returns the exit status."""
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="coordination: %(message)s")
     try:
         return anyio.run(_main, args)

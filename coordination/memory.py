@@ -44,7 +44,8 @@ from .exceptions import InvalidURL, NotHeld, SessionExpired
 
 __all__ = ["MemoryBackend", "MemoryStore"]
 
-_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakValueDictionary[str, MemoryStore]]
+# The stores of each event loop by name; a store leaves when its last connection closes.
+_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, MemoryStore]]
 _stores = weakref.WeakKeyDictionary()
 
 
@@ -81,22 +82,33 @@ class MemoryStore:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.connections = 0
         self.revision = 0
         self._session_ids = itertools.count(1)
         self.sessions: dict[str, _MemorySession] = {}
         self.queues: dict[tuple[Kind, str], list[_Contender]] = {}
         self.values: dict[str, Versioned] = {}
         self.changes = _Changes()
+        self.wakeups = 0
+        """How many times a waiting contender was woken (to show one wake-up per release)."""
 
     @classmethod
-    def named(cls, name: str) -> MemoryStore:
-        """The store for ``name`` on the running event loop (created on first use)."""
-        loop = asyncio.get_running_loop()
-        stores = _stores.setdefault(loop, weakref.WeakValueDictionary())
+    def attach(cls, name: str) -> MemoryStore:
+        """The store for ``name`` on the running event loop, counting one more connection."""
+        stores = _stores.setdefault(asyncio.get_running_loop(), {})
         store = stores.get(name)
         if store is None:
             store = stores[name] = cls(name)
+        store.connections += 1
         return store
+
+    def detach(self) -> None:
+        """Count one connection less; the last one to leave drops the store."""
+        self.connections -= 1
+        if self.connections == 0:
+            stores = _stores.get(asyncio.get_running_loop(), {})
+            if stores.get(self.name) is self:
+                del stores[self.name]
 
     def next_revision(self) -> int:
         self.revision += 1
@@ -210,6 +222,7 @@ class _MemorySession(BackendSession[_Contender]):
             # Woken only by the contender just ahead leaving, or by its TTL running out.
             with anyio.move_on_after(store.ttl_left(ahead)):
                 await ahead.gone.wait()
+            store.wakeups += 1
 
     async def withdraw(self, contender: _Contender) -> None:
         await anyio.lowlevel.checkpoint()
@@ -244,10 +257,12 @@ class MemoryBackend(Backend):
         return self._store
 
     async def open(self) -> None:
-        self._store = MemoryStore.named(self.store_name)
+        self._store = MemoryStore.attach(self.store_name)
 
     async def aclose(self) -> None:
-        self._store = None
+        if self._store is not None:
+            self._store.detach()
+            self._store = None
 
     async def open_session(self, ttl: float, monitor: SessionMonitor) -> _MemorySession:
         await anyio.lowlevel.checkpoint()

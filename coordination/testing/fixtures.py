@@ -15,11 +15,11 @@ import coordination
 from coordination import Capability, Coordinator, SessionState
 from coordination._url import parse_url
 
-__all__ = ["CAPABILITY_SKIP_PREFIX", "CoordinationFixtures", "Harness"]
+from .plugin import CAPABILITY_SKIP_PREFIX
+
+__all__ = ["CoordinationFixtures", "Harness"]
 
 T = TypeVar("T")
-
-CAPABILITY_SKIP_PREFIX = "backend lacks capability"
 
 
 def _timeout_multiplier(config: pytest.Config) -> float:

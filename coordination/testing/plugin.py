@@ -1,8 +1,16 @@
-"""pytest plugin (loaded through the ``pytest11`` entry point): conformance-suite options."""
+"""pytest plugin (loaded through the ``pytest11`` entry point): conformance-suite options.
+
+Adds ``--coordination-url`` and ``--coordination-timeout-multiplier``, the ``requires``
+marker, and a summary of the tests a backend cannot run because it lacks a capability.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
+
+CAPABILITY_SKIP_PREFIX = "backend lacks capability"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,3 +32,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "requires(*capabilities): the test needs these coordination.Capability values"
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lacking: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+        marker = reason.find(CAPABILITY_SKIP_PREFIX)
+        if marker >= 0:
+            lacking[reason[marker + len(CAPABILITY_SKIP_PREFIX) :].strip()] += 1
+    if lacking:
+        terminalreporter.section("coordination: capabilities not declared by the backend")
+        for what, count in sorted(lacking.items()):
+            terminalreporter.write_line(f"{count} test(s) need {what}")

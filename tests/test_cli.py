@@ -1,0 +1,123 @@
+"""The ``coordination`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+
+import coordination
+from coordination import cli
+
+
+def test_lock_runs_the_command_with_the_token_and_returns_its_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = "import os, sys; print('token', os.environ['COORDINATION_TOKEN']); sys.exit(7)"
+    assert cli.main(["lock", "memory://", "jobs/x", "--", sys.executable, "-c", code]) == 7
+    assert "holding lock 'jobs/x' (token " in capsys.readouterr().err
+
+
+def test_elect_runs_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["elect", "memory://", "e", "--value", "me", "--", sys.executable, "-c", "pass"]) == 0
+    assert "leading 'e'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["lock", "nosuch://h", "x", "--", "true"], 1, "no coordination backend"),
+        (["lock", "memory://", "../x", "--", "true"], 1, "'../x'"),
+        (["lock", "memory://?ttl=x", "x", "--", "true"], 1, "'ttl'"),
+        (["lock", "memory://", "x", "--", "/no/such/cmd"], 127, "command not found"),
+        (["leader", "memory://", "e"], 1, "has no leader"),
+        (["config", "get", "memory://", "k"], 1, "is not set"),
+    ],
+)
+def test_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("coordination: ")
+    assert message in last
+    assert [line for line in err.splitlines() if "error" in line] in ([], [last])
+
+
+def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lock", "memory://", "x"])
+    assert info.value.code == 2
+    assert "give the command" in capsys.readouterr().err
+
+
+def test_json_outputs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["leader", "memory://", "e", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) is None
+    assert cli.main(["config", "get", "memory://", "k", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) is None
+    assert cli.main(["config", "set", "memory://", "k", "v"]) == 0
+    assert int(capsys.readouterr().out) > 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+async def test_lost_lock_stops_the_command_and_exits_3(tmp_path: Path, ignores_sigterm: bool) -> None:
+    """The session is expired under the running command: it is stopped, exit status 3."""
+    url = f"memory://cli-{uuid.uuid4().hex[:8]}"
+    pidfile = tmp_path / "pid"
+    child = (
+        "import os, signal, time, pathlib\n"
+        + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignores_sigterm else "")
+        + f"pathlib.Path({str(pidfile)!r}).write_text(str(os.getpid()))\n"
+        + "time.sleep(60)\n"
+    )
+    args = cli.parse_args(["lock", url, "job", "--grace", "0.5", "--", sys.executable, "-c", child])
+    async with coordination.connect(url) as observer:
+        result: list[int] = []
+
+        async def run() -> None:
+            try:
+                result.append(await args.func(args))
+            except cli._Exit as exc:
+                result.append(exc.code)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110 - another process
+                    await anyio.sleep(0.02)
+                store = observer._backend.store  # type: ignore[attr-defined]
+                (holder,) = [s for s in store.sessions if s != observer.session_id]
+                store.expire(holder)
+    assert result == [cli.EXIT_LOST]
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_demo_runs_and_tells_the_story() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "coordination.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "is LEADER with fencing token" in out
+    assert "LeadershipLost" in out
+    assert "REFUSED" in out
+    assert "fencing tokens strictly increase: True" in out
+    assert "stale writes refused: 1" in out
+    assert done.stderr == ""

@@ -1,0 +1,149 @@
+"""The core: URL parsing, backend lookup, the error tree, public names."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+import coordination
+from coordination import exceptions
+from coordination._url import Option, parse_url, resolve_options
+from coordination.memory import MemoryBackend
+
+
+def test_public_names_importable_from_the_package() -> None:
+    for name in (
+        "connect", "Capability", "SessionState", "Leader", "Versioned", "HeldLock", "Leadership",
+        "Lock", "Election", "Config", "CoordinationError", "BackendNotFound", "InvalidURL",
+        "InvalidName", "Unavailable", "OperationTimeout", "AcquireTimeout", "SessionExpired",
+        "LockLost", "LeadershipLost", "NotHeld", "Unsupported",
+    ):  # fmt: skip
+        assert hasattr(coordination, name), name
+        assert name in coordination.__all__
+
+
+@pytest.mark.parametrize(
+    ("error", "builtin"),
+    [
+        (coordination.BackendNotFound, LookupError),
+        (coordination.InvalidURL, ValueError),
+        (coordination.InvalidName, ValueError),
+        (coordination.OperationTimeout, TimeoutError),
+        (coordination.AcquireTimeout, TimeoutError),
+    ],
+)
+def test_error_tree_builtins(error: type[Exception], builtin: type[Exception]) -> None:
+    assert issubclass(error, coordination.CoordinationError)
+    assert issubclass(error, builtin)
+
+
+def test_every_public_error_is_a_coordination_error_and_drawn_in_the_docstring() -> None:
+    doc = exceptions.__doc__ or ""
+    for name in exceptions.__all__:
+        assert issubclass(getattr(exceptions, name), coordination.CoordinationError)
+        assert name in doc, f"{name} missing from the drawn tree"
+
+
+def test_parse_url_parts() -> None:
+    url = parse_url("etcd://user:s%40cret@10.0.0.1:2379,10.0.0.2,[::1]:2380/my/app?ttl=10&identity=x")
+    assert url.scheme == "etcd"
+    assert url.hosts == (("10.0.0.1", 2379), ("10.0.0.2", None), ("::1", 2380))
+    assert url.namespace == "my/app"
+    assert url.query == {"ttl": "10", "identity": "x"}
+    assert (url.username, url.password) == ("user", "s@cret")
+    assert "s@cret" not in repr(url)
+    assert url.host_strings(2379) == ["10.0.0.1:2379", "10.0.0.2:2379", "[::1]:2380"]
+
+
+def test_parse_url_minimal() -> None:
+    url = parse_url("memory://")
+    assert (url.scheme, url.hosts, url.namespace, dict(url.query)) == ("memory", (), "", {})
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("etcd://h?ttl=1&ttl=2", "'ttl' is given twice"),
+        ("etcd://h:0", "invalid port"),
+        ("etcd://h/a/../b", "namespace"),
+        ("etcd://h#frag", "fragment"),
+        ("etcd://h?&=", "malformed"),
+        ("etcd://[::1", "malformed"),
+    ],
+)
+def test_parse_url_errors(url: str, fragment: str) -> None:
+    with pytest.raises(coordination.InvalidURL, match=fragment.replace("(", r"\(")):
+        parse_url(url)
+
+
+def test_password_never_in_error_messages() -> None:
+    with pytest.raises(coordination.InvalidURL) as info:
+        coordination.connect("nosuch-without-scheme-sep:user:hunter2@h")
+    assert "hunter2" not in str(info.value)
+
+
+def test_resolve_options_types_and_precedence() -> None:
+    declared = {
+        "n": Option(int, 1, "n", minimum=0),
+        "f": Option(float, 1.0, "f"),
+        "b": Option(bool, False, "b"),
+        "s": Option(str, None, "s", secret=True),
+    }
+    values = resolve_options(declared, {"n": "3", "f": "2.5", "b": "yes", "s": "x"}, {"n": 4})
+    assert values == {"n": 4, "f": 2.5, "b": True, "s": "x"}
+    assert resolve_options(declared, {}, {"f": 2})["f"] == 2.0
+    with pytest.raises(coordination.InvalidURL, match="'b'"):
+        resolve_options(declared, {"b": "maybe"}, {})
+    with pytest.raises(coordination.InvalidURL, match="'n' must be at least 0"):
+        resolve_options(declared, {"n": "-1"}, {})
+    with pytest.raises(coordination.InvalidURL) as info:
+        resolve_options(declared, {}, {"s": 12345})
+    assert "12345" not in str(info.value), "secret values are never shown"
+
+
+def test_missing_backend_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coordination, "entry_points", lambda **_: importlib.metadata.EntryPoints(()))
+    for scheme, package in (
+        ("zk", "coordination-zookeeper"),
+        ("zookeeper", "coordination-zookeeper"),
+        ("etcd", "coordination-etcd"),
+        ("consul", "coordination-consul"),
+    ):
+        with pytest.raises(coordination.BackendNotFound, match=f"pip install {package}"):
+            coordination.connect(f"{scheme}://127.0.0.1:1")
+    with pytest.raises(coordination.BackendNotFound, match=r"coordination\.backends"):
+        coordination.connect("other://h")
+
+
+def test_memory_backend_is_found_through_its_entry_point() -> None:
+    (entry_point,) = importlib.metadata.entry_points(group="coordination.backends", name="memory")
+    assert entry_point.load() is MemoryBackend
+
+
+def test_register_and_unregister() -> None:
+    class Custom(MemoryBackend):
+        scheme = "custom"
+
+    coordination.register("custom", Custom)
+    try:
+        assert coordination.connect("custom://x").backend == "custom"
+    finally:
+        coordination.unregister("custom")
+    with pytest.raises(coordination.BackendNotFound):
+        coordination.connect("custom://x")
+    with pytest.raises(TypeError):
+        coordination.register("bad", object)  # type: ignore[arg-type]
+
+
+def test_connect_does_no_io_and_needs_no_event_loop() -> None:
+    coord = coordination.connect("memory://no-loop?ttl=2", identity="me")
+    assert (coord.backend, coord.ttl, coord.identity, coord.session_id) == ("memory", 2.0, "me", None)
+    assert coord.state is coordination.SessionState.LOST
+
+
+def test_memory_url_takes_a_store_name_only() -> None:
+    with pytest.raises(coordination.InvalidURL, match="store name"):
+        coordination.connect("memory://a:1")
+    with pytest.raises(coordination.InvalidURL, match="store name"):
+        coordination.connect("memory://a,b")

@@ -1,0 +1,219 @@
+"""Memory-backend specifics and core mechanics the conformance suite cannot see from outside:
+FIFO order, one wake-up per release, TTL expiry of an unrenewed session, the local loss
+deadline coming before the server's, and a blocked event loop."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+import coordination
+from coordination import HeldLock, SessionState
+from coordination.memory import MemoryBackend, MemoryStore, _MemorySession
+
+pytestmark = pytest.mark.asyncio
+
+
+def _url(scheme: str = "memory") -> str:
+    return f"{scheme}://t-{uuid.uuid4().hex[:8]}"
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    """Wait for a condition on in-process state, yielding to other tasks in between."""
+    with anyio.fail_after(5):
+        while not check():  # noqa: ASYNC110 - the store's queues have no event of their own
+            await anyio.sleep(0.001)
+
+
+def _queue(coord: coordination.Coordinator, name: str) -> list[Any]:
+    store: MemoryStore = coord._backend.store  # type: ignore[attr-defined]
+    return store.queues.get(("lock", name), [])
+
+
+async def test_waiters_acquire_in_fifo_order() -> None:
+    url = _url()
+    async with AsyncExitStack() as stack:
+        holder = await stack.enter_async_context(coordination.connect(url))
+        coords = [await stack.enter_async_context(coordination.connect(url)) for _ in range(5)]
+        held = await holder.lock("fifo").acquire()
+        order: list[int] = []
+
+        async def wait(i: int) -> None:
+            async with coords[i].lock("fifo"):
+                order.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(wait, i)
+                await _until(lambda i=i: len(_queue(holder, "fifo")) == i + 2)  # type: ignore[misc]
+            await held.release()
+        assert order == list(range(5))
+
+
+async def test_a_release_wakes_exactly_one_waiter() -> None:
+    url = _url()
+    async with coordination.connect(url) as a, coordination.connect(url) as b:
+        store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
+        held = await a.lock("herd").acquire()
+        got: list[HeldLock] = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+
+                async def wait() -> None:
+                    got.append(await b.lock("herd").acquire())
+
+                tg.start_soon(wait)
+            await _until(lambda: len(store.queues[("lock", "herd")]) == 11)
+            before = store.wakeups
+            await held.release()
+            await _until(lambda: len(got) == 1)
+            assert store.wakeups - before == 1, "only the next waiter may wake"
+            for n in range(1, 10):
+                await got[-1].release()
+                await _until(lambda n=n: len(got) == n + 1)  # type: ignore[misc]
+            assert store.wakeups - before == 10
+            await got[-1].release()
+
+
+class _Stalling(MemoryBackend):
+    """A memory backend whose keepalives can be made to hang, like a blackholed link."""
+
+    scheme = "stalling"
+    stalled: anyio.Event | None = None
+
+    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
+        backend = self
+        session = await super().open_session(ttl, monitor)
+        renew = session.keepalive
+
+        async def keepalive() -> float:
+            if backend.stalled is not None:
+                await anyio.sleep_forever()
+            return await renew()
+
+        session.keepalive = keepalive  # type: ignore[method-assign]
+        return session
+
+
+@asynccontextmanager
+async def _stalling_backend() -> AsyncIterator[type[_Stalling]]:
+    coordination.register("stalling", _Stalling)
+    try:
+        yield _Stalling
+    finally:
+        coordination.unregister("stalling")
+        _Stalling.stalled = None
+
+
+async def test_local_deadline_passes_before_the_server_hands_the_lock_over() -> None:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    async with (
+        _stalling_backend() as backend,
+        coordination.connect(f"stalling://{name}", ttl=1.0) as a,
+        coordination.connect(f"memory://{name}", ttl=1.0) as b,
+    ):
+        held = await a.lock("deadline").acquire()
+        states: list[tuple[SessionState, float]] = []
+        times: dict[str, float] = {}
+        b_acquired = anyio.Event()
+
+        async def record() -> None:
+            async for state in a.states():
+                states.append((state, time.monotonic()))
+
+        async def take() -> None:
+            await b.lock("deadline").acquire()
+            times["b acquired"] = time.monotonic()
+            b_acquired.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(record)
+            tg.start_soon(take)
+            backend.stalled = anyio.Event()
+            with anyio.fail_after(5):
+                await held.wait_lost()
+            times["a lost"] = time.monotonic()
+            backend.stalled = None
+            with anyio.fail_after(5):
+                await b_acquired.wait()
+            tg.cancel_scope.cancel()
+        assert [s for s, _ in states][:3] == [
+            SessionState.CONNECTED,
+            SessionState.SUSPENDED,
+            SessionState.LOST,
+        ]
+        assert times["a lost"] < times["b acquired"], "the holder must learn first"
+        assert held.lost
+        assert not held.held
+
+
+async def test_unrenewed_session_expires_at_its_ttl() -> None:
+    url = _url()
+    async with coordination.connect(url, ttl=0.5) as a, coordination.connect(url, ttl=0.5) as b:
+        store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
+        held = await a.lock("ttl").acquire()
+        session_id = a.session_id
+        a._supervisor.cancel()  # type: ignore[union-attr]  # a's keepalives stop, as if its process froze
+        start = time.monotonic()
+        with anyio.fail_after(3):
+            taken = await b.lock("ttl").acquire()
+        waited = time.monotonic() - start
+        assert 0.3 < waited < 1.5, waited
+        assert taken.token > held.token
+        assert session_id not in store.sessions
+        assert held.lost, "the store told the session it expired"
+
+
+async def test_blocked_event_loop_is_seen_at_once_by_held() -> None:
+    async with coordination.connect(_url(), ttl=0.5) as a:
+        held = await a.lock("blocked").acquire()
+        assert held.held
+        time.sleep(0.6)  # noqa: ASYNC251 - the point: the loop is blocked past the ttl
+        assert not held.held, "a stale holder must see the loss before its next await"
+        with pytest.raises(coordination.LockLost):
+            await held.release()
+
+
+async def test_a_body_started_on_an_expired_deadline_is_cancelled() -> None:
+    async with coordination.connect(_url(), ttl=0.5) as a:
+        lock = a.lock("late")
+        held = await lock.acquire()
+        time.sleep(0.6)  # noqa: ASYNC251
+        ran = False
+
+        async def body() -> None:
+            nonlocal ran
+            async with held:
+                await anyio.lowlevel.checkpoint()
+                ran = True
+
+        with pytest.raises(coordination.LockLost):
+            await body()
+        assert not ran
+
+
+async def test_store_is_shared_while_open_and_dropped_after() -> None:
+    url = _url()
+    async with coordination.connect(url) as a, coordination.connect(url) as b:
+        await a.config("k").set(b"v")
+        assert (await b.config("k").get()) is not None
+    async with coordination.connect(url) as c:
+        assert await c.config("k").get() is None
+
+
+async def test_close_is_clean() -> None:
+    url = _url()
+    async with coordination.connect(url) as a:
+        store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
+        async with coordination.connect(url) as b:
+            await b.lock("x").acquire()
+            await b.election("e").campaign(b"v")
+            assert len(store.sessions) == 2
+        assert list(store.sessions) == [a.session_id]
+        assert store.queues == {}

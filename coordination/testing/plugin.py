@@ -34,6 +34,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    suite = "coordination.testing.conformance"
+    if config.getoption("coordination_url") is None and any(
+        getattr(getattr(item, "module", None), "__name__", None) == suite for item in items
+    ):
+        raise pytest.UsageError("coordination.testing.conformance needs --coordination-url URL")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lacking: Counter[str] = Counter()
     for report in terminalreporter.stats.get("skipped", []):

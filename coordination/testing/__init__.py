@@ -9,11 +9,18 @@
   ``pytest --pyargs coordination.testing.conformance --coordination-url etcd://host:2379``;
 * :mod:`coordination.testing.servers` — real ZooKeeper, etcd and Consul test servers.
 
-Needs the ``testing`` extra: ``pip install coordination[testing]``.
+Needs the ``testing`` extra: ``pip install coordination[testing]``. The names below are
+imported on first use, so loading the pytest plugin stays cheap.
 """
 
-from .fixtures import CoordinationFixtures, Harness
-from .suite import BadInputTests, ConfigTests, ElectionTests, LockTests, SessionTests
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fixtures import CoordinationFixtures, Harness, Recorder
+    from .suite import BadInputTests, ConfigTests, ElectionTests, LockTests, SessionTests
 
 __all__ = [
     "BadInputTests",
@@ -22,5 +29,23 @@ __all__ = [
     "ElectionTests",
     "Harness",
     "LockTests",
+    "Recorder",
     "SessionTests",
 ]
+
+_WHERE = {
+    "CoordinationFixtures": ".fixtures",
+    "Harness": ".fixtures",
+    "Recorder": ".fixtures",
+    "BadInputTests": ".suite",
+    "ConfigTests": ".suite",
+    "ElectionTests": ".suite",
+    "LockTests": ".suite",
+    "SessionTests": ".suite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name], __name__), name)

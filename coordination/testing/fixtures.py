@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
@@ -100,6 +101,18 @@ class Harness:
         """``seconds`` scaled by the suite's timeout multiplier."""
         return seconds * self.scale
 
+    def url_with_options(self, **options: Any) -> str:
+        """The test's URL with the suite's options (overridden by ``options``) in its query,
+        for a client in another process."""
+        merged = {**self.options, **options}
+        query = "&".join(f"{key}={urllib.parse.quote(str(value))}" for key, value in merged.items())
+        return f"{self.url}{'&' if '?' in self.url else '?'}{query}" if query else self.url
+
+    @property
+    def failover_bound(self) -> float:
+        """Seconds within which a crashed holder's lock must pass to another session."""
+        return self.fixtures.failover_bound(self.options)
+
     def connect(self, **options: Any) -> Coordinator:
         """An unopened coordinator on the test's namespace (the suite's options, overridden)."""
         return coordination.connect(self.url, **{**self.options, **options})
@@ -194,6 +207,11 @@ class CoordinationFixtures:
     def session_options(self) -> dict[str, Any]:
         """Options every test session is opened with (override for a backend's bounds)."""
         return {"ttl": 3.0, "timeout": 5.0}
+
+    def failover_bound(self, options: dict[str, Any]) -> float:
+        """How soon a crashed holder's lock must be free again: the session TTL plus one
+        second by default (override where the backend adds to it, like Consul's lock-delay)."""
+        return float(options.get("ttl", 10.0)) + 1.0
 
     async def expire_session(self, harness: Harness, coord: Coordinator, session_id: str) -> None:
         """End ``session_id`` (the session of ``coord``) from outside, as the server would.

@@ -16,9 +16,13 @@ backend that does not declare it, it is reported as skipped with the capability'
 from __future__ import annotations
 
 import itertools
+import sys
+import time
+from collections.abc import Callable
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 import coordination
 from coordination import (
@@ -42,6 +46,7 @@ from .fixtures import Harness
 __all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "LockTests", "SessionTests"]
 
 asyncio = pytest.mark.asyncio
+RecordProperty = Callable[[str, object], None]
 
 
 def _strictly_increasing(values: list[int]) -> bool:
@@ -256,6 +261,30 @@ class LockTests:
             assert got[0].held
             assert got[0].token > held.token
             await got[0].release()
+
+    @asyncio
+    @pytest.mark.requires(Capability.CROSS_PROCESS)
+    async def test_crash_failover(self, harness: Harness, record_property: RecordProperty) -> None:
+        """SIGKILL a holder process: another process holds the lock within the bound."""
+        holder = [sys.executable, "-m", "coordination.testing.holder", harness.url_with_options(), "crash"]
+        async with await anyio.open_process(holder, stdin=None, stderr=None) as process:
+            assert process.stdout is not None
+            lines = BufferedByteReceiveStream(process.stdout)
+            line = await harness.within(20, lines.receive_until(b"\n", 100), "the holder process acquiring")
+            word, token = line.decode().split()
+            assert word == "held", line
+            async with harness.session() as b:
+                process.kill()
+                start = time.monotonic()
+                wait = harness.failover_bound + 5
+                taken = await harness.within(
+                    wait, b.lock("crash").acquire(), "taking over from the killed holder"
+                )
+                failover = time.monotonic() - start
+                await taken.release()
+        record_property("failover_seconds", round(failover, 3))
+        assert taken.token > int(token)
+        assert failover <= harness.failover_bound, f"failover took {failover:.2f}s"
 
 
 class ElectionTests:

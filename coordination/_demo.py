@@ -17,26 +17,10 @@ from contextlib import AsyncExitStack
 import anyio
 
 from . import Coordinator, LeadershipLost, connect
+from .testing.checker import FencedResource
 
 NAMES = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
 STEP = 0.4  # seconds between job steps
-
-
-class FencedResource:
-    """A store that accepts a write only with a token >= the highest it has seen."""
-
-    def __init__(self) -> None:
-        self.highest = 0
-        self.accepted = 0
-        self.refused = 0
-
-    def write(self, token: int) -> bool:
-        if token < self.highest:
-            self.refused += 1
-            return False
-        self.highest = token
-        self.accepted += 1
-        return True
 
 
 class Transcript:
@@ -84,7 +68,7 @@ async def run_demo(url: str, *, services: int = 3) -> int:
                         while True:
                             await anyio.sleep(STEP)
                             steps[name] = steps.get(name, 0) + 1
-                            resource.write(token)
+                            resource.write(token, name)
                             if len(terms) > 1:
                                 newer_write.set()
                             out.say(name, f"job step {steps[name]} written with token {token}: accepted")
@@ -97,7 +81,7 @@ async def run_demo(url: str, *, services: int = 3) -> int:
                 except LeadershipLost as exc:
                     out.say(name, f"job cancelled, {type(exc).__name__}: {exc}")
                     await newer_write.wait()
-                    refused = not resource.write(token)
+                    refused = not resource.write(token, name)
                     out.say(
                         name,
                         f"wakes from its pause and writes with its old token {token}: "
@@ -136,6 +120,6 @@ async def run_demo(url: str, *, services: int = 3) -> int:
     print()
     print(f"leaders in order: {', '.join(f'{n} (token {t})' for n, t in terms)}")
     print(f"fencing tokens strictly increase: {all(a < b for a, b in itertools.pairwise(tokens))}")
-    print(f"fenced writes accepted: {resource.accepted}, stale writes refused: {resource.refused}")
+    print(f"fenced writes accepted: {resource.accepted}, stale writes refused: {len(resource.stale_writes)}")
     print(f"demo finished in {time.monotonic() - out.start:.1f}s")
     return 0

@@ -221,11 +221,11 @@ class Coordinator:
         try:
             await self.call(self._backend.open(), "connecting")
             session = await self._open_session()
-        except BaseException as exc:
+        except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._backend.aclose()
             tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            await tg.__aexit__(None, None, None)  # the error propagates as itself, not in a group
             raise
         self._tg = tg
         self._install(session)
@@ -304,7 +304,8 @@ class Coordinator:
             await anyio.sleep(delay)
             sent = time.monotonic()
             try:
-                with anyio.fail_after(min(self._timeout, bs.keepalive_interval)):
+                # Unanswered for a fifth of the TTL: SUSPENDED, well before the deadline.
+                with anyio.fail_after(min(self._timeout, max(bs.ttl / 5, 0.05))):
                     granted = await bs.keepalive()
             except SessionExpired as exc:
                 session.lose(f"the server expired the session ({exc})")

@@ -29,6 +29,7 @@ the original as ``__cause__``.
 from __future__ import annotations
 
 import contextlib
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
@@ -40,8 +41,10 @@ from .exceptions import CoordinationError, Unsupported
 
 __all__ = [
     "COMMON_OPTIONS",
+    "HISTORY_RESET",
     "Backend",
     "BackendSession",
+    "HistoryReset",
     "Kind",
     "Option",
     "ParsedURL",
@@ -53,6 +56,16 @@ Kind = Literal["lock", "election"]
 """Which primitive a contender queue belongs to. Backends may lay both out the same way."""
 
 ContenderT = TypeVar("ContenderT")
+
+
+class HistoryReset(enum.Enum):
+    """The type of :data:`HISTORY_RESET`."""
+
+    HISTORY_RESET = "history reset"
+
+
+HISTORY_RESET = HistoryReset.HISTORY_RESET
+"""Yielded by :meth:`Backend.watch` when the server's versions restarted lower."""
 
 
 class SessionMonitor(Protocol):
@@ -213,7 +226,11 @@ class Backend(ABC):
 
     @abstractmethod
     async def set(self, key: str, value: bytes) -> int:
-        """Write ``value``; return its version, greater than any earlier version of ``key``."""
+        """Write ``value``; return its version, greater than any earlier version of ``key``.
+
+        (A backend whose server skips a write of the value already stored may return the
+        unchanged version; its docstring says so.)
+        """
 
     @abstractmethod
     async def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
@@ -224,13 +241,16 @@ class Backend(ABC):
         """Delete ``key``; return whether it existed."""
 
     @abstractmethod
-    def watch(self, key: str) -> AsyncIterator[Versioned | None]:
+    def watch(self, key: str) -> AsyncIterator[Versioned | HistoryReset | None]:
         """Yield the state of ``key`` now, then after every change (``None`` = absent).
 
         Driven by watches, not polling. Where history is lost (compaction, a change while
         disconnected) re-read and yield the latest state. The core drops any item whose
-        version is not above the last one yielded, so re-reads are safe. Raise
-        :class:`~coordination.Unavailable` when the stream breaks; the core restarts it.
+        version is not above the last one yielded, so re-reads are safe. Where the server's
+        version counter itself went backwards (a Consul index reset after a snapshot
+        restore), yield :data:`HISTORY_RESET` before the re-read, so its lower version is
+        not dropped. Raise :class:`~coordination.Unavailable` when the stream breaks; the
+        core restarts it.
         """
 
 

@@ -14,6 +14,7 @@ import anyio
 
 from ._names import validate_value
 from ._types import Leader, Versioned
+from .abc import HISTORY_RESET
 from .exceptions import CoordinationError, LeadershipLost, LockLost, NotHeld
 
 if TYPE_CHECKING:
@@ -340,12 +341,16 @@ class Config:
 
         Versions strictly increase: an item never follows a newer one. Whether every
         intermediate version is seen is the capability ``EVERY_VERSION``; the latest
-        value always is.
+        value always is. (Only where the server's own version counter went backwards, as
+        after a Consul snapshot restore, does the next version start lower.)
         """
         backend, key = self._coord._backend, self._key
         last_version = -1
         absent: bool | None = None  # None: nothing yielded yet
         async for item in self._coord.stream(lambda: backend.watch(key), f"watching {self.name!r}"):
+            if item is HISTORY_RESET:
+                last_version = -1
+                continue
             if item is None:
                 if absent:
                     continue

@@ -7,14 +7,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 
 import coordination
-from coordination import HeldLock, SessionState
+from coordination import HeldLock, SessionState, Versioned
+from coordination.abc import HISTORY_RESET, HistoryReset
 from coordination.memory import MemoryBackend, MemoryStore, _MemorySession
 
 pytestmark = pytest.mark.asyncio
@@ -217,3 +218,46 @@ async def test_close_is_clean() -> None:
             assert len(store.sessions) == 2
         assert list(store.sessions) == [a.session_id]
         assert store.queues == {}
+
+
+class _Scripted(MemoryBackend):
+    """A backend whose watch replays a script, as a server whose index went backwards."""
+
+    scheme = "scripted"
+
+    async def watch(self, key: str) -> AsyncIterator[Versioned | HistoryReset | None]:  # type: ignore[override]
+        for item in (Versioned(b"a", 5), Versioned(b"stale", 4), HISTORY_RESET, Versioned(b"restored", 2)):
+            yield item
+        await anyio.sleep_forever()
+
+
+async def test_watch_drops_older_versions_until_the_backend_reports_a_history_reset() -> None:
+    coordination.register("scripted", _Scripted)
+    try:
+        async with coordination.connect("scripted://h") as coord:
+            seen = []
+            async with aclosing(coord.config("k").watch()) as items:
+                async for item in items:
+                    seen.append(item)
+                    if len(seen) == 2:
+                        break
+        assert seen == [Versioned(b"a", 5), Versioned(b"restored", 2)]
+    finally:
+        coordination.unregister("scripted")
+
+
+class _Unreachable(MemoryBackend):
+    scheme = "unreachable"
+
+    async def open(self) -> None:
+        raise coordination.Unavailable("no server at h:1")
+
+
+async def test_a_failed_connect_raises_the_error_itself() -> None:
+    coordination.register("unreachable", _Unreachable)
+    try:
+        with pytest.raises(coordination.Unavailable, match="no server"):
+            async with coordination.connect("unreachable://h"):
+                pass
+    finally:
+        coordination.unregister("unreachable")

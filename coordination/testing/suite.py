@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from collections.abc import Callable
 
 import anyio
 import pytest
@@ -46,7 +45,6 @@ from .fixtures import Harness
 __all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "LockTests", "SessionTests"]
 
 asyncio = pytest.mark.asyncio
-RecordProperty = Callable[[str, object], None]
 
 
 def _strictly_increasing(values: list[int]) -> bool:
@@ -264,7 +262,7 @@ class LockTests:
 
     @asyncio
     @pytest.mark.requires(Capability.CROSS_PROCESS)
-    async def test_crash_failover(self, harness: Harness, record_property: RecordProperty) -> None:
+    async def test_crash_failover(self, harness: Harness, request: pytest.FixtureRequest) -> None:
         """SIGKILL a holder process: another process holds the lock within the bound."""
         holder = [sys.executable, "-m", "coordination.testing.holder", harness.url_with_options(), "crash"]
         async with await anyio.open_process(holder, stdin=None, stderr=None) as process:
@@ -282,7 +280,7 @@ class LockTests:
                 )
                 failover = time.monotonic() - start
                 await taken.release()
-        record_property("failover_seconds", round(failover, 3))
+        request.node.user_properties.append(("failover_seconds", round(failover, 3)))
         assert taken.token > int(token)
         assert failover <= harness.failover_bound, f"failover took {failover:.2f}s"
 

@@ -1,0 +1,265 @@
+"""Typed access to the parts of Consul's HTTP API the backend uses, through py-consul.
+
+py-consul's asyncio client (``consul.aio``) does the HTTP: its aiohttp session, URL building
+and the ``X-Consul-Token`` header. Its KV read and session renew/destroy calls are used as
+they are. Where it falls short, this module goes through its HTTP layer instead:
+
+* ``Session.create`` insists on a TTL of at least 10 whole seconds (Consul's own minimum is
+  the server's ``session_ttl_min``) and whole-second lock delays;
+* ``Txn.put`` sends no ACL token and cannot read the body of a failed (409) transaction;
+* its client builds the aiohttp connector with arguments aiohttp deprecates, and lets
+  ``CONSUL_HTTP_TOKEN`` override an explicit token.
+
+No client exception leaves this module: everything is mapped to
+:class:`~coordination.Unavailable` (or :class:`~coordination.SessionExpired` where the reply
+says so), the original kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+import aiohttp
+import consul.aio  # type: ignore[import-untyped]
+import consul.base  # type: ignore[import-untyped]
+
+from coordination.abc import map_errors
+from coordination.exceptions import Unavailable
+
+__all__ = ["ConsulHTTP", "KVPair", "TxnOutcome", "go_duration", "parse_go_duration"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KVPair:
+    """One key of Consul's KV store, as a read or a transaction returns it."""
+
+    key: str
+    value: bytes
+    flags: int
+    session: str
+    create_index: int
+    modify_index: int
+    lock_index: int
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> KVPair:
+        value = raw.get("Value")
+        if isinstance(value, str):  # base64 in JSON; py-consul's kv.get decodes it already
+            value = base64.b64decode(value)
+        return cls(
+            key=str(raw["Key"]),
+            value=bytes(value or b""),
+            flags=int(raw.get("Flags") or 0),
+            session=str(raw.get("Session") or ""),
+            create_index=int(raw.get("CreateIndex") or 0),
+            modify_index=int(raw.get("ModifyIndex") or 0),
+            lock_index=int(raw.get("LockIndex") or 0),
+        )
+
+
+class TxnOutcome(NamedTuple):
+    """The result of ``PUT /v1/txn``: the KV results if it committed, else Consul's reasons."""
+
+    ok: bool
+    results: list[KVPair]
+    errors: list[str]
+
+
+class _Response(NamedTuple):
+    status: int
+    body: str
+
+
+_ERRORS: Mapping[type[BaseException], type[Unavailable]] = {
+    consul.ConsulException: Unavailable,
+    aiohttp.ClientError: Unavailable,
+    OSError: Unavailable,
+    ValueError: Unavailable,  # a reply that does not parse
+    KeyError: Unavailable,
+}
+
+
+class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]
+    """py-consul's aiohttp transport, with a connector built the way aiohttp 3.10+ wants it."""
+
+    def __init__(self, hosts: Sequence[str], scheme: str, tls: ssl.SSLContext | None) -> None:
+        # Not consul.aio.HTTPClient.__init__: it passes verify_ssl/ssl_context, which aiohttp
+        # deprecates (a DeprecationWarning at every connect).
+        consul.base.HTTPClient.__init__(self, scheme=scheme, verify=tls is not None)
+        self.hosts = list(hosts)
+        self.current = 0
+        self.base_uri = f"{scheme}://{hosts[0]}"
+        # No client-side cap on connections: blocking queries each hold one for up to
+        # a wait period, and must never starve the session renewals.
+        connector = aiohttp.TCPConnector(ssl=tls if tls is not None else False, limit=0)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+
+    def rotate(self) -> None:
+        """Send the next requests to the next host of the URL."""
+        self.current = (self.current + 1) % len(self.hosts)
+        self.base_uri = f"{self.scheme}://{self.hosts[self.current]}"
+
+
+class _Consul(consul.aio.Consul):  # type: ignore[misc]
+    def __init__(self, hosts: Sequence[str], scheme: str, tls: ssl.SSLContext | None, dc: str | None) -> None:
+        self._hosts, self._tls = hosts, tls
+        # host/port/verify given explicitly so that no CONSUL_* variable is consulted.
+        super().__init__(
+            host="127.0.0.1", port=1, scheme=scheme, verify=True, dc=dc, consistency="consistent"
+        )
+
+    def http_connect(self, host: str, port: int, scheme: str, verify: bool = True, cert: Any = None) -> Any:
+        return _HTTPClient(self._hosts, scheme, self._tls)
+
+
+class ConsulHTTP:
+    """The Consul HTTP API calls the backend makes, typed, with errors mapped.
+
+    ``hosts`` are ``host:port`` strings tried in turn when a connection cannot be made.
+    Make it inside the event loop (it owns an aiohttp session); close it with :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[str],
+        *,
+        scheme: str,
+        tls: ssl.SSLContext | None,
+        token: str | None,
+        datacenter: str | None,
+    ) -> None:
+        self._consul = _Consul(hosts, scheme, tls, datacenter)
+        self._consul.token = token  # py-consul would let $CONSUL_HTTP_TOKEN win over it
+        self._http: _HTTPClient = self._consul.http
+        self._dc = datacenter
+
+    def __repr__(self) -> str:
+        return f"<ConsulHTTP {self._http.base_uri}>"  # never the token
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def _request(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one request (``make`` calls py-consul), mapping its errors.
+
+        A connection that cannot be made at all means the request never left: the next
+        host of the URL gets it. After any other connection failure the next requests go
+        to the next host.
+        """
+        http = self._http
+        for attempt in range(len(http.hosts)):
+            try:
+                with map_errors(_ERRORS):
+                    return await make()
+            except Unavailable as exc:
+                cause = exc.__cause__
+                if len(http.hosts) == 1 or not isinstance(cause, aiohttp.ClientConnectionError):
+                    raise
+                http.rotate()
+                if not isinstance(cause, aiohttp.ClientConnectorError) or attempt + 1 == len(http.hosts):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _put(self, path: str, data: str) -> _Response:
+        """``PUT path`` through py-consul's HTTP layer, with the token header and ``dc``."""
+        params = [("dc", self._dc)] if self._dc else []
+
+        def keep(response: Any) -> _Response:
+            return _Response(int(response.code), str(response.body))
+
+        headers = self._consul.prepare_headers()
+        return await self._request(
+            lambda: self._http.put(keep, path, params=params, data=data, headers=headers)
+        )
+
+    @staticmethod
+    def _refused(what: str, response: _Response) -> Unavailable:
+        return Unavailable(f"Consul refused {what}: HTTP {response.status}: {response.body.strip()[:300]}")
+
+    # -- KV ------------------------------------------------------------------------------
+
+    async def kv_get(
+        self, key: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[KVPair | None, int]:
+        """A consistent read of ``key``: the pair (or ``None``) and the ``X-Consul-Index``.
+
+        With ``index`` > 0 it is a blocking query: it returns when something may have
+        changed after ``index``, or after ``wait`` seconds (plus Consul's jitter).
+        """
+        blocking_wait = go_duration(wait) if index and wait else None
+        new_index, raw = await self._request(
+            lambda: self._consul.kv.get(key, index=index or None, wait=blocking_wait)
+        )
+        with map_errors(_ERRORS):
+            return (KVPair.from_json(raw) if raw else None), int(new_index)
+
+    async def txn(self, ops: list[dict[str, Any]], what: str) -> TxnOutcome:
+        """Apply KV operations atomically (``PUT /v1/txn``); a 409 is a failed outcome."""
+        response = await self._put("/v1/txn", json.dumps(ops))
+        if response.status not in (200, 409):
+            raise self._refused(what, response)
+        with map_errors(_ERRORS):
+            body = json.loads(response.body)
+            results = [KVPair.from_json(r["KV"]) for r in body.get("Results") or () if r.get("KV")]
+            errors = [str(e.get("What", "")) for e in body.get("Errors") or ()]
+        return TxnOutcome(response.status == 200, results, errors)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def session_create(self, *, name: str, ttl: float, lock_delay: float) -> str:
+        """Create a session with a TTL and ``behavior=release``; return its id."""
+        body = {
+            "Name": name,
+            "TTL": go_duration(ttl),
+            "LockDelay": go_duration(lock_delay),
+            "Behavior": "release",
+        }
+        response = await self._put("/v1/session/create", json.dumps(body))
+        if response.status != 200:
+            raise self._refused("to create a session", response)
+        with map_errors(_ERRORS):
+            return str(json.loads(response.body)["ID"])
+
+    async def session_renew(self, session_id: str) -> float | None:
+        """Renew a session: the TTL the server granted (``0`` if not given), ``None`` if it is gone."""
+
+        async def renew() -> Any:
+            try:
+                return await self._consul.session.renew(session_id)
+            except consul.NotFound:
+                return None
+
+        entry = await self._request(renew)
+        if not entry:
+            return None
+        return parse_go_duration(str(entry.get("TTL") or "")) or 0.0
+
+    async def session_destroy(self, session_id: str) -> None:
+        """Destroy a session (its locks are released, with its lock-delay)."""
+        await self._request(lambda: self._consul.session.destroy(session_id))
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as a Go duration string (``"15s"``, ``"1500ms"``)."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def parse_go_duration(text: str) -> float | None:
+    """A Go duration string (``"15s"``, ``"1m30s"``, ``"1.5s"``) in seconds; ``None`` if invalid."""
+    text = text.strip()
+    if not text or _DURATION_PART.sub("", text):
+        return None
+    return sum(float(number) * _UNITS[unit] for number, unit in _DURATION_PART.findall(text))

@@ -286,8 +286,15 @@ class Coordinator:
 
     async def _keep(self, session: _Session) -> None:
         """Keep ``session`` alive until it is lost; the watchdog enforces the deadline."""
+        async def keepalive() -> None:
+            try:
+                await self._keepalive(session)
+            except Exception as exc:  # never let a dead keepalive leave the deadline unwatched
+                log.exception("the keepalive of session %s failed", session.bs.id)
+                session.lose(f"its keepalive failed: {exc!r}")
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keepalive, session)
+            tg.start_soon(keepalive)
             while not session.lost.is_set():
                 remaining = session.deadline - time.monotonic()
                 if remaining <= 0:

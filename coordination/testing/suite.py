@@ -563,14 +563,14 @@ class SessionTests:
         async with harness.session() as b:
             async with harness.session() as a:
                 held = await a.lock("closing").acquire()
-                leadership = await a.election("closing").campaign(b"a")
+                leadership = await a.election("closing-election").campaign(b"a")
             assert held.lost
             assert leadership.lost
             got = await harness.within(3, b.lock("closing").try_acquire(), "try_acquire after close")
             assert got is not None
             assert got.token > held.token
             await got.release()
-            assert await b.election("closing").leader() is None
+            assert await b.election("closing-election").leader() is None
 
     @asyncio
     async def test_identity(self, harness: Harness) -> None:

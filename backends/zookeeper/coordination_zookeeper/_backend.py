@@ -1,0 +1,317 @@
+"""The ZooKeeper backend: config values, election reads and sessions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+import anyio
+
+from coordination import Capability, Leader, Versioned
+from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, SessionMonitor, map_errors
+from coordination.exceptions import InvalidURL
+
+from ._client import (
+    CHILDREN_CHANGED,
+    CREATED,
+    DATA_CHANGED,
+    DELETED,
+    ERRORS,
+    LOST,
+    BadVersion,
+    NodeExists,
+    NoNode,
+    NotEmpty,
+    ZooKeeperClient,
+    parent_of,
+)
+from ._session import ZooKeeperSession, queue_order
+
+__all__ = ["ZooKeeperBackend"]
+
+DEFAULT_PORT = 2181
+_NODE_EVENTS = (CREATED, DELETED, DATA_CHANGED)
+
+
+class ZooKeeperBackend(Backend):
+    """``zookeeper://`` (or ``zk://``): Apache ZooKeeper 3.5 or later, through aiozk.
+
+    URL: ``zookeeper://host[:port][,host[:port]...][/namespace][?option=value&...]``, for
+    example ``zookeeper://zk1:2181,zk2:2181/myapp?session_timeout=10``. The port defaults
+    to 2181. The namespace is the znode every name lives under, like a chroot: lock
+    ``jobs/nightly`` of ``.../myapp`` is the znode ``/myapp/jobs/nightly``.
+
+    ================ ======= ========================================================
+    option           default meaning
+    ================ ======= ========================================================
+    ttl              10      session timeout to ask the server for, in seconds; the
+                             server clamps it to its ``minSessionTimeout`` ..
+                             ``maxSessionTimeout`` (by default 2 to 20 ticks), and the
+                             granted value is the session's TTL
+    session_timeout          ZooKeeper's name for ``ttl``; when given, it wins
+    timeout          10      timeout of one request, in seconds
+    identity                 holder identity, written as the data of lock nodes
+                             (default ``hostname:pid``)
+    ================ ======= ========================================================
+
+    Layout, compatible with kazoo (so a kazoo ``Lock`` or ``Election`` on the same path
+    and this SDK exclude each other and see each other's leader):
+
+    * a lock or an election ``name`` is the znode ``/<namespace>/<name>``; each contender
+      is an ephemeral sequential child ``<uuid>__lock__<sequence>`` whose data is the holder
+      identity (lock) or the leader value (election); the lowest sequence owns it, and each
+      waiter watches only the node just ahead of its own. A lock and an election of the same
+      name therefore share one queue, as in kazoo. The fencing token is the czxid of the
+      owner's node.
+    * a config value is the persistent znode ``/<namespace>/<name>``; its version is the
+      znode's mzxid. Parent znodes created on the way have no data (null) and read as
+      absent; deleting a value whose znode has children clears its data instead.
+      ``compare_and_set`` checks the mzxid it read, then writes conditioned on the znode's
+      data version (ZooKeeper's own check; a delete, re-create and as many writes between
+      the two requests would go unnoticed).
+
+    Sessions: each ``connect()`` keeps two ZooKeeper sessions, one for locks and elections
+    (replaced by a new one after it is lost) and one for config and reads (renewed by
+    itself). A disconnect shows as SUSPENDED, and the client reconnects to the same session
+    (on any server of the list); a connection on which nothing arrives for a sixth of the
+    TTL counts as dead. The session is LOST at the local deadline derived from the
+    negotiated timeout, before the server can expire it and hand its locks over, or at once
+    when the server says it expired.
+
+    Declared capabilities: CROSS_PROCESS, FAIR, SINGLE_WAKEUP. Not EVERY_VERSION (ZooKeeper
+    watches fire once: a watcher sees the latest value when it re-reads) and not
+    EXPIRE_SESSION (ending another client's session needs its password).
+    """
+
+    scheme = "zookeeper"
+    capabilities = frozenset({Capability.CROSS_PROCESS, Capability.FAIR, Capability.SINGLE_WAKEUP})
+    options: ClassVar[Mapping[str, Option]] = {
+        **COMMON_OPTIONS,
+        "session_timeout": Option(
+            float, None, "ZooKeeper's name for ttl: the session timeout asked for, seconds.", minimum=0.1
+        ),
+    }
+
+    def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        if url.username is not None or url.password is not None:
+            raise InvalidURL("zookeeper:// URLs take no user or password (authentication is not supported)")
+        if not url.hosts:
+            raise InvalidURL("a zookeeper:// URL needs at least one host, e.g. 'zookeeper://127.0.0.1:2181'")
+        self._hosts = [(host, port or DEFAULT_PORT) for host, port in url.hosts]
+        self._timeout: float = self.settings["timeout"]
+        self._session_timeout: float | None = self.settings["session_timeout"]
+        self._client: ZooKeeperClient | None = None
+        self._sessions: dict[str, ZooKeeperSession] = {}
+
+    @property
+    def client(self) -> ZooKeeperClient:
+        """The client for config and reads (available once open)."""
+        if self._client is None:
+            raise RuntimeError("the ZooKeeper backend is not open")
+        return self._client
+
+    async def open(self) -> None:
+        client = ZooKeeperClient(self._hosts, self._session_timeout or self.settings["ttl"], renew=True)
+        with map_errors(ERRORS):
+            await client.start()
+        self._client = client
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for session in list(self._sessions.values()):
+                await session.close()
+            self._sessions.clear()
+            if self._client is not None:
+                await self._client.close()
+
+    async def open_session(self, ttl: float, monitor: SessionMonitor) -> ZooKeeperSession:
+        client = ZooKeeperClient(self._hosts, self._session_timeout or ttl, renew=False)
+        with map_errors(ERRORS):
+            await client.start()
+        session = ZooKeeperSession(client, monitor, self._timeout)
+        self._sessions[session.id] = session
+        client.add_listener(lambda _old, new: self._forget(session) if new == LOST else None)
+        return session
+
+    def _forget(self, session: ZooKeeperSession) -> None:
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+
+    # -- elections -----------------------------------------------------------------------
+
+    async def leader(self, name: str) -> Leader | None:
+        parent = "/" + name
+        client = self.client
+        sync = True
+        with map_errors(ERRORS):
+            while True:
+                try:
+                    queue = queue_order(await client.children(parent, sync=sync))
+                except NoNode:
+                    return None
+                if not queue:
+                    return None
+                try:
+                    data, stat = await client.get(f"{parent}/{queue[0]}")
+                except NoNode:
+                    sync = False
+                    continue  # the leader just left: look again
+                return Leader(data or b"", stat.czxid)
+
+    async def observe(self, name: str) -> AsyncIterator[Leader | None]:
+        parent = "/" + name
+        client = self.client
+        sync = True
+        while True:
+            woken = anyio.Event()
+
+            def wake(*_: object) -> None:
+                woken.set()  # noqa: B023 - each round has its own event and callbacks
+
+            removers = [client.on_events(parent, (CREATED, CHILDREN_CHANGED), wake)]
+            client.add_listener(wake)  # after a reconnect, re-read: a change may have been missed
+            try:
+                with map_errors(ERRORS):
+                    try:
+                        queue = queue_order(await client.children(parent, sync=sync))
+                    except NoNode:
+                        queue = []
+                    sync = False
+                    leader: Leader | None = None
+                    if queue:
+                        # Only the leader's node matters until it changes or goes.
+                        node = f"{parent}/{queue[0]}"
+                        removers.append(client.on_events(node, (DELETED, DATA_CHANGED), wake))
+                        try:
+                            data, stat = await client.get(node, watch=True)
+                        except NoNode:
+                            continue  # the leader just left
+                        leader = Leader(data or b"", stat.czxid)
+                    else:
+                        # No leader: watch the queue (or for its parent to be created).
+                        try:
+                            queue = queue_order(await client.children(parent, watch=True))
+                        except NoNode:
+                            if await client.exists(parent, watch=True) is not None:
+                                continue  # created meanwhile
+                        if queue:
+                            continue  # a contender joined between the two reads
+                yield leader
+                await woken.wait()
+            finally:
+                for remove in removers:
+                    remove()
+                client.remove_listener(wake)
+
+    # -- config --------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Versioned | None:
+        with map_errors(ERRORS):
+            try:
+                data, stat = await self.client.get("/" + key, sync=True)
+            except NoNode:
+                return None
+        return None if data is None else Versioned(data, stat.mzxid)
+
+    async def set(self, key: str, value: bytes) -> int:
+        path = "/" + key
+        client = self.client
+        with map_errors(ERRORS):
+            while True:
+                try:
+                    return (await client.set_data(path, value)).mzxid
+                except NoNode:
+                    pass
+                try:
+                    return (await client.create(path, value))[1].mzxid
+                except NodeExists:
+                    continue
+                except NoNode:
+                    await client.ensure_path(parent_of(path))
+
+    async def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
+        path = "/" + key
+        client = self.client
+        with map_errors(ERRORS):
+            while True:
+                try:
+                    data, stat = await client.get(path)
+                except NoNode:
+                    if expected is not None:
+                        return False
+                    try:
+                        await client.create(path, value)
+                        return True
+                    except NodeExists:
+                        continue
+                    except NoNode:
+                        await client.ensure_path(parent_of(path))
+                        continue
+                current = None if data is None else stat.mzxid
+                if current != expected:
+                    return False
+                try:
+                    await client.set_data(path, value, stat.version)
+                    return True
+                except (BadVersion, NoNode):
+                    if expected is not None:
+                        return False  # it changed after our read: not the expected version
+                    continue  # absent, and still maybe absent: look again
+
+    async def delete(self, key: str) -> bool:
+        path = "/" + key
+        client = self.client
+        with map_errors(ERRORS):
+            while True:
+                try:
+                    data, stat = await client.get(path)
+                except NoNode:
+                    return False
+                if data is None:
+                    return False
+                try:
+                    await client.delete(path, stat.version)
+                    return True
+                except NoNode:
+                    return False
+                except BadVersion:
+                    continue
+                except NotEmpty:
+                    pass
+                try:  # it has children: keep the znode, clear its value
+                    await client.set_data(path, None, stat.version)
+                    return True
+                except NoNode:
+                    return False
+                except BadVersion:
+                    continue
+
+    async def watch(self, key: str) -> AsyncIterator[Versioned | None]:
+        path = "/" + key
+        client = self.client
+        sync = True
+        while True:
+            woken = anyio.Event()
+
+            def wake(*_: object) -> None:
+                woken.set()  # noqa: B023 - each round has its own event and callbacks
+
+            remove = client.on_events(path, _NODE_EVENTS, wake)
+            client.add_listener(wake)  # after a reconnect, re-read: a change may have been missed
+            try:
+                with map_errors(ERRORS):
+                    item: Versioned | None
+                    try:
+                        data, stat = await client.get(path, watch=True, sync=sync)
+                        item = None if data is None else Versioned(data, stat.mzxid)
+                    except NoNode:
+                        if await client.exists(path, watch=True) is not None:
+                            continue  # created between the two reads
+                        item = None
+                sync = False
+                yield item
+                await woken.wait()
+            finally:
+                remove()
+                client.remove_listener(wake)

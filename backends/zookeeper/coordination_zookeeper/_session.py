@@ -1,0 +1,251 @@
+"""Locks and elections in kazoo's node layout, on one ZooKeeper session.
+
+Under the znode of the name (``/<namespace>/<name>``), each contender is an ephemeral
+sequential node, exactly as kazoo's ``Lock`` (which kazoo's ``Election`` uses) makes it::
+
+    <uuid4 hex>__lock__<10-digit sequence>      data: the holder identity, or the leader value
+
+The contender with the lowest sequence owns the lock or leads the election; a waiter watches
+only the node just ahead of its own. The uuid prefix finds a node again after the reply to
+its create was lost, so a lost reply never leaves an orphan behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import anyio
+
+from coordination.abc import BackendSession, Kind, SessionMonitor, map_errors
+from coordination.exceptions import NotHeld, SessionExpired, Unavailable
+
+from ._client import (
+    CONNECTED,
+    DATA_CHANGED,
+    DELETED,
+    ERRORS,
+    LOST,
+    SUSPENDED,
+    NoNode,
+    ZooKeeperClient,
+)
+
+__all__ = ["NODE_MARK", "Contender", "ZooKeeperSession", "queue_order"]
+
+log = logging.getLogger("coordination.zookeeper")
+
+NODE_MARK = "__lock__"
+"""What kazoo's ``Lock`` puts between the uuid and the sequence number."""
+
+_SEQUENCE = re.compile(r"__lock__(-?\d{10})$")
+
+
+def queue_order(children: Iterable[str]) -> list[str]:
+    """The contender nodes among ``children``, owner first: kazoo's filter and order."""
+    matched = [(m.group(1), child) for child in children if (m := _SEQUENCE.search(child))]
+    return [child for _, child in sorted(matched)]
+
+
+@dataclass(eq=False)
+class Contender:
+    """One contender node: found again by ``prefix`` if the reply to its create was lost."""
+
+    parent: str
+    prefix: str
+    data: bytes
+    node: str | None = None
+    token: int = 0
+    sent: bool = False  # a create went out: a node may exist
+    uncertain: bool = False  # a create's reply was lost: look nodes up by prefix
+    listing: list[str] | None = None  # the queue as listed right after the create
+
+    @property
+    def path(self) -> str:
+        return f"{self.parent}/{self.node}"
+
+
+class ZooKeeperSession(BackendSession[Contender]):
+    """One ZooKeeper session, on its own client that never replaces it.
+
+    The client reports its transitions: SUSPENDED → ``monitor.suspended()``, CONNECTED
+    again → ``monitor.resumed()``, LOST because the server ended the session →
+    ``monitor.expired()``.
+    """
+
+    def __init__(self, client: ZooKeeperClient, monitor: SessionMonitor, op_timeout: float) -> None:
+        self.client = client
+        self.id = client.session_hex
+        self.ttl = float(client.timeout)
+        self.keepalive_interval = self.ttl / 3
+        self._monitor = monitor
+        self._op_timeout = op_timeout
+        self._parents: set[str] = set()  # parent znodes seen to exist
+        client.add_listener(self._on_state)
+
+    def _on_state(self, previous: str, state: str) -> None:
+        if state == SUSPENDED:
+            self._monitor.suspended()
+        elif state == CONNECTED:
+            self._monitor.resumed()
+        elif state == LOST and self.client.expired:
+            self._monitor.expired()
+
+    async def keepalive(self) -> float:
+        # Any request renews a ZooKeeper session; one with its own xid is matched to its own
+        # reply (aiozk's pings share one xid). Nothing at all back for a sixth of the TTL (the
+        # core waits a fifth before it calls the session SUSPENDED): the connection is
+        # stalled, and the client moves to a new one while the session still lives.
+        with map_errors(ERRORS):
+            await self.client.probe(self.ttl / 6)
+        return float(self.client.timeout)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # -- the contender queue -------------------------------------------------------------
+
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Contender:
+        contender = Contender("/" + name, uuid.uuid4().hex + NODE_MARK, value)
+        try:
+            with map_errors(ERRORS):
+                await self._join(contender)
+        except BaseException:
+            # Failed or cancelled, maybe after the server made the node: remove it by its
+            # prefix (across a reconnect if need be) before the error goes on.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._op_timeout):
+                while True:
+                    try:
+                        await self._remove(contender)
+                        break
+                    except SessionExpired:
+                        break  # its nodes went with it
+                    except Unavailable:
+                        if self.client.closing:
+                            break
+                    except Exception as error:
+                        log.warning("could not remove contender %s*: %r", contender.prefix, error)
+                        break
+            raise
+        return contender
+
+    async def _join(self, contender: Contender) -> None:
+        client = self.client
+        while True:
+            try:
+                if contender.uncertain and await self._find(contender):
+                    return
+                await client.wait_connected()
+                contender.sent = True  # nothing awaits between here and the create going out
+                path, stat, listing = await client.create_and_list(
+                    f"{contender.parent}/{contender.prefix}",
+                    contender.data,
+                    ephemeral=True,
+                    sequential=True,
+                    # Once this session has seen the parent, do not create it again: an
+                    # existing znode costs the server an error transaction.
+                    make_parents=contender.parent not in self._parents,
+                )
+            except NoNode:  # the parent went away meanwhile
+                self._parents.discard(contender.parent)
+                continue
+            except Unavailable:
+                if client.closing:
+                    raise
+                # The connection dropped: a create sent may have been applied. Look for its
+                # node by the prefix (on the next connection) before creating again.
+                contender.uncertain = contender.sent
+                continue
+            contender.node, contender.token = path.rsplit("/", 1)[1], stat.czxid
+            contender.listing = listing  # saves wait_owner a round trip
+            if len(self._parents) >= 1024:
+                self._parents.clear()
+            self._parents.add(contender.parent)
+            return
+
+    async def _find(self, contender: Contender) -> bool:
+        """Adopt the node a lost create made (deleting duplicates); False if there is none."""
+        try:
+            children = await self.client.children(contender.parent)
+        except NoNode:
+            return False
+        mine = [child for child in queue_order(children) if child.startswith(contender.prefix)]
+        for extra in mine[1:]:
+            with contextlib.suppress(NoNode):
+                await self.client.delete(f"{contender.parent}/{extra}")
+        stat = await self.client.exists(f"{contender.parent}/{mine[0]}") if mine else None
+        if stat is None:
+            return False
+        contender.node, contender.token = mine[0], stat.czxid
+        return True
+
+    async def _remove(self, contender: Contender) -> None:
+        if not contender.sent:
+            return
+        if contender.node is not None and not contender.uncertain:
+            nodes = [contender.node]
+        else:
+            try:
+                children = await self.client.children(contender.parent)
+            except NoNode:
+                return
+            nodes = [child for child in children if child.startswith(contender.prefix)]
+        for node in nodes:
+            with contextlib.suppress(NoNode):
+                await self.client.delete(f"{contender.parent}/{node}")
+
+    async def wait_owner(self, contender: Contender, *, blocking: bool) -> int | None:
+        with map_errors(ERRORS):
+            listing, contender.listing = contender.listing, None  # as listed with the create
+            while True:
+                if listing is None:
+                    try:
+                        listing = await self.client.children(contender.parent)
+                    except NoNode:
+                        listing = []
+                queue = queue_order(listing)
+                if contender.node not in queue:
+                    raise Unavailable(f"contender {contender.path} was deleted by another client")
+                position = queue.index(contender.node)
+                if position == 0:
+                    return contender.token
+                if not blocking:
+                    return None
+                # Watch only the node just ahead; when it goes, list the queue again (the one
+                # ahead of it may have gone too, or be waiting still).
+                await self._gone(f"{contender.parent}/{queue[position - 1]}")
+                listing = None
+
+    async def _gone(self, path: str) -> None:
+        """Return once ``path`` is gone or changed, or the connection state changed."""
+        woken = anyio.Event()
+
+        def wake(*_: object) -> None:
+            woken.set()
+
+        remove = self.client.on_events(path, (DELETED, DATA_CHANGED), wake)
+        self.client.add_listener(wake)
+        try:
+            try:
+                await self.client.get(path, watch=True)  # a data watch: none is left if it is gone
+            except NoNode:
+                return
+            await woken.wait()
+        finally:
+            remove()
+            self.client.remove_listener(wake)
+
+    async def withdraw(self, contender: Contender) -> None:
+        with map_errors(ERRORS):
+            await self._remove(contender)
+
+    async def proclaim(self, contender: Contender, value: bytes) -> None:
+        with map_errors(ERRORS):
+            try:
+                await self.client.set_data(contender.path, value)
+            except NoNode:
+                raise NotHeld(f"{contender.parent!r}: this candidate is no longer the leader") from None

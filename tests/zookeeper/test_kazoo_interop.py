@@ -1,0 +1,151 @@
+"""Kazoo and this SDK share locks and elections on the same znodes, both ways.
+
+kazoo is threaded: its blocking calls run in worker threads, each with its own timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+from kazoo.client import KazooClient  # type: ignore[import-untyped]
+
+import coordination
+from coordination import HeldLock, Leader, Leadership
+from coordination.testing.servers import ZooKeeperProcess
+
+from .conftest import options
+
+T = TypeVar("T")
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def kazoo(zookeeper_server: ZooKeeperProcess) -> Iterator[KazooClient]:
+    client = KazooClient(hosts=zookeeper_server.address, timeout=5.0)
+    client.start(timeout=15)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
+
+
+async def within(seconds: float, awaitable: Awaitable[T], what: str) -> T:
+    with anyio.move_on_after(seconds):
+        return await awaitable
+    pytest.fail(f"{what} did not happen within {seconds:g}s")
+
+
+async def until_contenders(kazoo: KazooClient, path: str, count: int) -> None:
+    async def poll() -> None:
+        while len(await in_thread(kazoo.get_children, path)) != count:  # noqa: ASYNC110 - polls the server
+            await anyio.sleep(0.02)
+
+    await within(5, poll(), f"{count} contenders under {path}")
+
+
+async def test_lock_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: str) -> None:
+    path = "/" + zk_url.split("/", 3)[3] + "/shared"
+    first = kazoo.Lock(path, "kazoo-1")
+    assert await in_thread(first.acquire, timeout=5)
+    async with coordination.connect(zk_url, identity="sdk-holder", **options()) as coord:
+        lock = coord.lock("shared")
+        assert await lock.try_acquire() is None, "a lock kazoo holds is not free"
+        got: list[HeldLock] = []
+
+        async def acquire() -> None:
+            got.append(await lock.acquire())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(acquire)
+            await until_contenders(kazoo, path, 2)
+            assert not got
+            await in_thread(first.release)
+        (held,) = got
+        assert held.held
+
+        # kazoo sees the SDK's holder and cannot take the lock...
+        second = kazoo.Lock(path, "kazoo-2")
+        assert await in_thread(second.contenders) == ["sdk-holder"]
+        assert not await in_thread(second.acquire, blocking=False)
+        (node,) = await in_thread(kazoo.get_children, path)
+        _, stat = await in_thread(kazoo.get, f"{path}/{node}")
+        assert held.token == stat.czxid
+
+        # ...until the SDK releases it: the waiting kazoo client is woken.
+        done = threading.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def kazoo_waits() -> None:
+                assert await in_thread(second.acquire, timeout=10)
+                done.set()
+
+            tg.start_soon(kazoo_waits)
+            await until_contenders(kazoo, path, 2)
+            assert not done.is_set()
+            await held.release()
+        assert done.is_set()
+        assert await lock.try_acquire() is None
+        await in_thread(second.release)
+        again = await lock.try_acquire()
+        assert again is not None
+        assert again.token > held.token
+        await again.release()
+
+
+async def test_election_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: str) -> None:
+    path = "/" + zk_url.split("/", 3)[3] + "/vote"
+    kazoo_leading, kazoo_resign = threading.Event(), threading.Event()
+
+    def lead(event: threading.Event, resign: threading.Event) -> None:
+        event.set()
+        resign.wait(15)
+
+    first = kazoo.Election(path, "kazoo-leader")
+    async with coordination.connect(zk_url, **options()) as coord, anyio.create_task_group() as tg:
+        election = coord.election("vote")
+        tg.start_soon(in_thread, first.run, lead, kazoo_leading, kazoo_resign)
+        await within(5, in_thread(kazoo_leading.wait, 5), "kazoo leading")
+        (node,) = await in_thread(kazoo.get_children, path)
+        _, stat = await in_thread(kazoo.get, f"{path}/{node}")
+        assert await election.leader() == Leader(b"kazoo-leader", stat.czxid), "the SDK sees kazoo's leader"
+
+        got: list[Leadership] = []
+
+        async def campaign() -> None:
+            got.append(await election.campaign(b"sdk-leader"))
+
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(campaign)
+            await until_contenders(kazoo, path, 2)
+            assert not got, "kazoo leads: the SDK must wait"
+            kazoo_resign.set()
+        (leadership,) = got
+        assert leadership.token > stat.czxid
+        contenders = await in_thread(kazoo.Election(path).contenders)
+        assert contenders == ["sdk-leader"], "kazoo sees the SDK's leader"
+
+        # A kazoo candidate waits behind the SDK's leader and takes over when it resigns.
+        second_leading, second_resign = threading.Event(), threading.Event()
+        second = kazoo.Election(path, "kazoo-second")
+        tg.start_soon(in_thread, second.run, lead, second_leading, second_resign)
+        await until_contenders(kazoo, path, 2)
+        assert not second_leading.is_set()
+        await leadership.proclaim(b"sdk-leader v2")
+        assert (await in_thread(kazoo.Election(path).contenders))[0] == "sdk-leader v2"
+        await leadership.resign()
+        await within(5, in_thread(second_leading.wait, 5), "kazoo taking over")
+        leader = await election.leader()
+        assert leader is not None
+        assert leader.value == b"kazoo-second"
+        assert leader.token > leadership.token
+        second_resign.set()

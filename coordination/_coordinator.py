@@ -307,13 +307,17 @@ class Coordinator:
 
     async def _keepalive(self, session: _Session) -> None:
         bs = session.bs
-        delay = bs.keepalive_interval
+        # Unanswered for a fifth of the TTL: SUSPENDED, well before the deadline.
+        reply_within = min(self._timeout, max(bs.ttl / 5, 0.05))
+        delay, retrying = bs.keepalive_interval, False
         while True:
-            await anyio.sleep(delay)
+            # Never so late that the reply could not come before the local deadline: a session
+            # whose grant was answered late (after an outage) has little of its TTL left.
+            due = session.deadline - reply_within - time.monotonic()
+            await anyio.sleep(max(min(delay, due), 0.05 if retrying else 0.0))
             sent = time.monotonic()
             try:
-                # Unanswered for a fifth of the TTL: SUSPENDED, well before the deadline.
-                with anyio.fail_after(min(self._timeout, max(bs.ttl / 5, 0.05))):
+                with anyio.fail_after(reply_within):
                     granted = await bs.keepalive()
             except SessionExpired as exc:
                 session.lose(f"the server expired the session ({exc})")
@@ -321,12 +325,12 @@ class Coordinator:
             except (*_TRANSIENT, TimeoutError, OSError) as exc:
                 log.info("keepalive of session %s failed: %r", bs.id, exc)
                 self._on_suspended(session)
-                delay = max(0.05, min(bs.keepalive_interval, bs.ttl / 10))
+                delay, retrying = max(0.05, min(bs.keepalive_interval, bs.ttl / 10)), True
                 continue
             if not session.extend(sent, granted):
                 return
             self._on_resumed(session)
-            delay = bs.keepalive_interval
+            delay, retrying = bs.keepalive_interval, False
 
     async def _reopen(self) -> _Session:
         delay = 0.05
@@ -402,14 +406,20 @@ class Coordinator:
     ) -> H | None:
         """Enqueue ``value`` under ``name`` and wait to own it; ``make`` builds the holding.
 
-        A lost session restarts the attempt on the next one; a timeout, a cancellation or
-        a failure withdraws the contender so it cannot block others.
+        A lost session restarts the attempt on the next one; a blocking attempt waits for it
+        however long the server is out of reach (bounded only by ``timeout``). A timeout, a
+        cancellation or a failure withdraws the contender so it cannot block others.
         """
         key = self._key(name)
         delay = 0.05
         with anyio.move_on_after(math.inf if timeout is None else timeout):
             while True:
-                session = await self._live_session()
+                try:
+                    session = await self._live_session()
+                except Unavailable:
+                    if not blocking:
+                        raise
+                    continue  # it waited an operation timeout for the next session: wait on
                 try:
                     holding = await self._attempt(session, kind, key, value, blocking, make)
                 except _TRANSIENT:
@@ -445,6 +455,9 @@ class Coordinator:
                         session.bs.wait_owner(contender, blocking=False), f"checking {kind} {key!r}"
                     )
                 if token is not None and session.live():
+                    # Cancelled while the backend finished the grant: the caller will not get
+                    # this lock, so it must not be kept (the finally below withdraws it).
+                    await anyio.lowlevel.checkpoint_if_cancelled()
                     holding = make(session, contender, token)
                     session.holdings.add(holding)
                     contender = None

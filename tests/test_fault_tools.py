@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,7 +11,9 @@ import anyio
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
-from coordination.testing.checker import FencedResource
+from coordination.testing.checker import FencedResource, Window
+from coordination.testing.fixtures import _with_hosts
+from coordination.testing.holder import HolderEvent, HolderProcess, parse_event
 from coordination.testing.proxy import FaultProxy
 
 
@@ -123,3 +126,75 @@ def test_fenced_resource_refuses_stale_tokens_and_finds_overlaps() -> None:
         pass
     (pair,) = resource.overlaps()
     assert {pair[0].holder, pair[1].holder} == {"c", "d"}
+
+
+def test_fenced_resource_finds_stale_writes_it_accepted() -> None:
+    resource = FencedResource()
+    assert resource.acquired(7, "a", at=1.0)
+    assert resource.write(7, "a", at=1.5)
+    # b acquired later with a token that is not higher (broken fencing): a's next write passes.
+    assert resource.acquired(7, "b", at=2.0)
+    assert resource.write(7, "a", at=2.5)
+    assert [(w.holder, w.start) for w in resource.stale_accepted] == [("a", 2.5)]
+    # With a higher token the late write is refused, so it is not a stale write accepted.
+    fenced = FencedResource()
+    fenced.acquired(7, "a", at=1.0)
+    fenced.acquired(8, "b", at=2.0)
+    assert not fenced.write(7, "a", at=2.5)
+    assert fenced.stale_accepted == []
+    assert [a.token for a in fenced.stale_writes] == [7]
+
+
+def test_overlaps_inside_a_fault_window_are_excused() -> None:
+    resource = FencedResource()
+    resource.record(1, "a", 0.0, 3.0, check=False)  # a paused holder that still believes it holds
+    resource.record(2, "b", 2.0, 4.0, check=False)
+    resource.record(3, "c", 5.0, 6.0, check=False)
+    assert len(resource.overlaps()) == 1
+    assert resource.overlaps([Window(1.0, 3.5, frozenset({"a"}), "pause")]) == []
+    assert len(resource.overlaps([Window(1.0, 3.5, frozenset({"c"}), "pause")])) == 1, "not a's window"
+    assert len(resource.overlaps([Window(2.5, 3.5)])) == 1, "the overlap starts before the window"
+
+
+def test_holder_event_lines() -> None:
+    assert parse_event("held 42 123.5") == HolderEvent("held", 42, 123.5)
+    assert parse_event("state - 1.0 SUSPENDED") == HolderEvent("state", None, 1.0, "SUSPENDED")
+
+
+@pytest.mark.asyncio
+async def test_holder_process_reports_writes_blocks_and_release() -> None:
+    """The holder protocol, on the in-process memory backend of the holder's own process."""
+    url = f"memory://holder-{uuid.uuid4().hex[:8]}?ttl=5"
+    async with HolderProcess.start(url, "x", "--write-every", "0.02", "--commands") as holder:
+        held = await holder.next("held", 20)
+        assert held.token is not None
+        first = await holder.next("write", 5)
+        assert first.token == held.token
+        await holder.send("block 30")
+        blocked = await holder.next("blocked", 5)
+        await holder.send("go")
+        unblocked = await holder.next("unblocked", 5)
+        assert unblocked.at > blocked.at
+        # The write right after the block comes before the loop runs anything else.
+        after = [e for e in holder.events if e.at >= unblocked.at and e.kind != "state"]
+        assert after[0] == unblocked
+        assert after[1].kind == "write"
+        await holder.send("release")
+        await holder.next("releasing", 5)
+        await holder.next("released", 5)
+        assert await holder.wait(10) == 0
+    assert holder.seen("lost") == []
+    assert all(e.at <= time.monotonic() for e in holder.events), "one clock for both processes"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("etcd://h1:1,h2:2/ns/sub?ttl=1", "etcd://127.0.0.1:9/ns/sub?ttl=1"),
+        ("etcd://user:pw@h1:1/ns", "etcd://user:pw@127.0.0.1:9/ns"),
+        ("consul://h:1?ttl=2", "consul://127.0.0.1:9?ttl=2"),
+        ("zk://h:1", "zk://127.0.0.1:9"),
+    ],
+)
+def test_a_proxied_url_names_the_proxy_only(url: str, expected: str) -> None:
+    assert _with_hosts(url, "127.0.0.1:9") == expected

@@ -154,6 +154,133 @@ async def test_local_deadline_passes_before_the_server_hands_the_lock_over() -> 
         assert not held.held
 
 
+class _Outage(MemoryBackend):
+    """A memory backend whose server can be made unreachable: keepalives and new sessions fail."""
+
+    scheme = "outage"
+    down = False
+
+    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
+        if _Outage.down:
+            raise coordination.Unavailable("the server is down")
+        session = await super().open_session(ttl, monitor)
+        renew = session.keepalive
+
+        async def keepalive() -> float:
+            if _Outage.down:
+                raise coordination.Unavailable("the server is down")
+            return await renew()
+
+        session.keepalive = keepalive  # type: ignore[method-assign]
+        return session
+
+
+async def test_a_waiting_acquire_outlasts_an_outage_longer_than_the_operation_timeout() -> None:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    coordination.register("outage", _Outage)
+    try:
+        async with (
+            coordination.connect(f"memory://{name}", ttl=5.0) as holder,
+            coordination.connect(f"outage://{name}", ttl=0.5, timeout=0.2) as waiter,
+        ):
+            held = await holder.lock("outage").acquire()
+            got: list[HeldLock] = []
+            async with anyio.create_task_group() as tg:
+
+                async def wait() -> None:
+                    got.append(await waiter.lock("outage").acquire())
+
+                tg.start_soon(wait)
+                _Outage.down = True
+                with anyio.fail_after(3):
+                    async for state in waiter.states():
+                        if state is SessionState.LOST:
+                            break
+                await anyio.sleep(0.6)  # the outage lasts three operation timeouts
+                _Outage.down = False
+                await held.release()
+                with anyio.fail_after(5):
+                    while not got:  # noqa: ASYNC110 - the waiting task sets no event
+                        await anyio.sleep(0.01)
+            assert got[0].held
+            assert got[0].token > held.token
+            await got[0].release()
+    finally:
+        _Outage.down = False
+        coordination.unregister("outage")
+
+
+class _ShieldedGrant(MemoryBackend):
+    """A memory backend whose grant finishes even when its caller is cancelled meanwhile, as a
+    backend does that must learn the outcome of a lock request (Consul's)."""
+
+    scheme = "shielded"
+
+    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
+        session = await super().open_session(ttl, monitor)
+        wait_owner = session.wait_owner
+
+        async def shielded(contender: Any, *, blocking: bool) -> int | None:
+            token = await wait_owner(contender, blocking=blocking)
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.2)  # the answer to the lock request is on its way
+            return token
+
+        session.wait_owner = shielded  # type: ignore[method-assign]
+        return session
+
+
+async def test_a_cancelled_acquire_never_returns_the_lock() -> None:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    coordination.register("shielded", _ShieldedGrant)
+    try:
+        async with (
+            coordination.connect(f"shielded://{name}") as a,
+            coordination.connect(f"memory://{name}") as b,
+        ):
+            got: list[HeldLock] = []
+            with anyio.move_on_after(0.1) as scope:
+                got.append(await a.lock("cancelled").acquire())
+            assert scope.cancelled_caught, "the acquire was cancelled, it must not return"
+            assert got == []
+            nxt = await b.lock("cancelled").try_acquire()
+            assert nxt is not None, "the lock granted to a cancelled acquire was not released"
+            await nxt.release()
+    finally:
+        coordination.unregister("shielded")
+
+
+class _SlowGrant(MemoryBackend):
+    """A memory backend whose first session is granted late, as after an outage: the session
+    starts with little of its local deadline left."""
+
+    scheme = "slowgrant"
+    slow = True
+
+    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
+        if _SlowGrant.slow:
+            _SlowGrant.slow = False
+            await anyio.sleep(ttl * 0.75)  # the reply to the grant comes late
+        return await super().open_session(ttl, monitor)
+
+
+async def test_a_session_granted_late_is_renewed_before_its_deadline() -> None:
+    coordination.register("slowgrant", _SlowGrant)
+    _SlowGrant.slow = True
+    try:
+        async with coordination.connect(f"slowgrant://t-{uuid.uuid4().hex[:8]}", ttl=0.6) as a:
+            session = a.session_id
+            held = await a.lock("late-grant").acquire()
+            # Measured from the request, the deadline is close: the first keepalive must not
+            # wait a whole interval (a third of the TTL), or the session is lost for nothing.
+            await anyio.sleep(0.6)
+            assert a.session_id == session
+            assert held.held, "a healthy session was lost: its first keepalive came too late"
+            await held.release()
+    finally:
+        coordination.unregister("slowgrant")
+
+
 async def test_unrenewed_session_expires_at_its_ttl() -> None:
     url = _url()
     async with coordination.connect(url, ttl=0.5) as a, coordination.connect(url, ttl=0.5) as b:

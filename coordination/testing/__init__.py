@@ -2,12 +2,17 @@
 
 * :mod:`coordination.testing.suite` — the test mixins (``LockTests``, ``ElectionTests``,
   ``ConfigTests``, ``SessionTests``, ``BadInputTests``);
+* :mod:`coordination.testing.faults` — ``FaultTests``, the fault suite (marked ``faults``);
 * :class:`CoordinationFixtures` — the fixture base class a backend fills in;
 * :mod:`coordination.testing.plugin` — the pytest plugin (``--coordination-url``,
   ``--coordination-timeout-multiplier``), loaded automatically;
 * :mod:`coordination.testing.conformance` — the suite against ``--coordination-url``:
   ``pytest --pyargs coordination.testing.conformance --coordination-url etcd://host:2379``;
-* :mod:`coordination.testing.servers` — real ZooKeeper, etcd and Consul test servers.
+* :mod:`coordination.testing.servers` — real ZooKeeper, etcd and Consul test servers;
+* the fault tools: :mod:`~coordination.testing.proxy` (a TCP fault proxy),
+  :mod:`~coordination.testing.checker` (a fenced resource), :mod:`~coordination.testing.holder`
+  (a lock holder process and its parent side) and :mod:`~coordination.testing.soak`
+  (``python -m coordination.testing.soak --backend etcd --processes 4 --minutes 10``).
 
 Needs the ``testing`` extra: ``pip install coordination[testing]``. The names below are
 imported on first use, so loading the pytest plugin stays cheap.
@@ -19,6 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .faults import FaultTests
     from .fixtures import CoordinationFixtures, Harness, Recorder
     from .suite import BadInputTests, ConfigTests, ElectionTests, LockTests, SessionTests
 
@@ -27,6 +33,7 @@ __all__ = [
     "ConfigTests",
     "CoordinationFixtures",
     "ElectionTests",
+    "FaultTests",
     "Harness",
     "LockTests",
     "Recorder",
@@ -37,6 +44,7 @@ _WHERE = {
     "CoordinationFixtures": ".fixtures",
     "Harness": ".fixtures",
     "Recorder": ".fixtures",
+    "FaultTests": ".faults",
     "BadInputTests": ".suite",
     "ConfigTests": ".suite",
     "ElectionTests": ".suite",

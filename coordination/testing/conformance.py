@@ -6,12 +6,16 @@ Run it against your own cluster::
 
 Each test works in a fresh namespace under the URL's path and cleans up after itself.
 Forcing a session to expire uses ``Backend.expire_session`` (capability EXPIRE_SESSION).
+The fault suite runs what needs no control of the server (holder processes, a fault proxy
+in front of the URL's first host); the tests that pause, kill or restart the server, or
+look for leftovers on it, are reported as not run, with the reason.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from .faults import FaultTests
 from .fixtures import CoordinationFixtures
 from .suite import BadInputTests, ConfigTests, ElectionTests, LockTests, SessionTests
 
@@ -42,4 +46,8 @@ class TestSession(SessionTests, URLFixtures):
 
 
 class TestBadInput(BadInputTests, URLFixtures):
+    pass
+
+
+class TestFaults(FaultTests, URLFixtures):
     pass

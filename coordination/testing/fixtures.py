@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
+from typing import Any, Generic, NoReturn, TypeVar
 
 import anyio
 import pytest
@@ -17,7 +17,9 @@ import coordination
 from coordination import Capability, Coordinator, SessionState
 from coordination._url import parse_url
 
-from .plugin import CAPABILITY_SKIP_PREFIX
+from .holder import HolderEvent, HolderProcess
+from .plugin import CAPABILITY_SKIP_PREFIX, NOT_RUN_PREFIX
+from .proxy import FaultProxy
 from .servers import ServerProcess
 
 __all__ = ["CoordinationFixtures", "Harness", "Recorder"]
@@ -32,6 +34,22 @@ def _timeout_multiplier(config: pytest.Config) -> float:
     if value <= 0:
         raise pytest.UsageError("the coordination timeout multiplier must be positive")
     return float(value)
+
+
+def _with_hosts(url: str, hosts: str) -> str:
+    """``url`` with its ``host:port`` list replaced by ``hosts`` (user info, path and query kept)."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if "?" in authority:  # no path: the query follows the authority
+        authority, _, query = authority.partition("?")
+        tail, slash = "?" + query, ""
+    userinfo, at, _ = authority.rpartition("@")
+    return f"{scheme}{sep}{userinfo}{at}{hosts}{slash}{tail}"
+
+
+def not_run(reason: str) -> NoReturn:
+    """Skip a test because the fixture or backend cannot run it, named in the summary."""
+    pytest.skip(f"{NOT_RUN_PREFIX} {reason}")
 
 
 def _with_namespace(url: str, namespace: str) -> str:
@@ -107,6 +125,82 @@ class Harness:
         merged = {**self.options, **options}
         query = "&".join(f"{key}={urllib.parse.quote(str(value))}" for key, value in merged.items())
         return f"{self.url}{'&' if '?' in self.url else '?'}{query}" if query else self.url
+
+    def derive(
+        self,
+        *,
+        url: str | None = None,
+        options: dict[str, Any] | None = None,
+        server: ServerProcess | None = None,
+    ) -> Harness:
+        """A harness like this one with another URL, options or server (same namespace and scale)."""
+        return Harness(
+            self.fixtures,
+            self.url if url is None else url,
+            self.scale,
+            dict(self.options if options is None else options),
+            self.server if server is None else server,
+        )
+
+    @property
+    def scheme(self) -> str:
+        return self.backend_class.scheme
+
+    @asynccontextmanager
+    async def proxied(self) -> AsyncIterator[tuple[FaultProxy, Harness]]:
+        """A :class:`~coordination.testing.proxy.FaultProxy` in front of the server, and a
+        harness whose URL goes through it (same namespace and options).
+
+        The URL's first host is proxied; the proxied URL names only the proxy. A URL without
+        a ``host:port`` (such as ``memory://``) skips the test, naming the reason.
+        """
+        hosts = parse_url(self.url).hosts
+        if not hosts or hosts[0][1] is None:
+            not_run(f"a fault proxy needs a host:port in the URL ({self.scheme})")
+        host, port = hosts[0]
+        assert port is not None
+        async with FaultProxy(host, port) as proxy:
+            yield proxy, self.derive(url=_with_hosts(self.url, proxy.address))
+
+    @asynccontextmanager
+    async def dedicated_server(self) -> AsyncIterator[Harness]:
+        """A harness on a server of this test's own, for faults that stop, kill or restart it.
+
+        The fixture's :meth:`CoordinationFixtures.new_server` makes it; it is closed at the
+        end. A fixture that gives none lends its shared server (``server``) instead, resumed
+        and started again at the end. Without either, the test is skipped, naming the reason.
+        """
+        server = self.fixtures.new_server(self)
+        if server is None:
+            shared = self.server
+            if shared is None:
+                not_run(f"the fixture gives no server control ({self.scheme})")
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if shared.paused:
+                        shared.resume()
+                    if not shared.running:
+                        await anyio.to_thread.run_sync(shared.start)
+            return
+        try:
+            await anyio.to_thread.run_sync(server.start)
+            yield self.derive(url=_with_hosts(self.url, server.address), server=server)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(server.close)
+
+    def holder(
+        self,
+        name: str,
+        *arguments: str,
+        label: str = "holder",
+        on_event: Callable[[HolderEvent], None] | None = None,
+    ) -> AbstractAsyncContextManager[HolderProcess]:
+        """A lock holder process (:mod:`coordination.testing.holder`) on this harness's URL and
+        options; killed at the end of the block if it still runs."""
+        return HolderProcess.start(self.url_with_options(), name, *arguments, label=label, on_event=on_event)
 
     @property
     def failover_bound(self) -> float:
@@ -186,6 +280,12 @@ class CoordinationFixtures:
     Override :meth:`coordination_url` (required) and, where ``Backend.expire_session``
     cannot do it, :meth:`expire_session`. :meth:`session_options` sets connect options
     such as a short ``ttl`` for fast expiry tests.
+
+    The fault suite (:class:`~coordination.testing.faults.FaultTests`) also reads
+    :meth:`fault_options`, :meth:`new_server` (a server of a test's own to pause, kill and
+    restart), :meth:`leftovers` (what cancelled or failed acquires left on the server) and,
+    where the backend compacts its history, :attr:`history_compaction` and :meth:`compact`.
+    What a fixture does not give is reported by name, never skipped silently.
     """
 
     @pytest.fixture
@@ -212,6 +312,38 @@ class CoordinationFixtures:
         """How soon a crashed holder's lock must be free again: the session TTL plus one
         second by default (override where the backend adds to it, like Consul's lock-delay)."""
         return float(options.get("ttl", 10.0)) + 1.0
+
+    def fault_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The session options of the fault suite (:class:`~coordination.testing.faults.FaultTests`):
+        ``options`` with a 2 s TTL and operation timeout, so that losses come fast."""
+        return {**options, "ttl": 2.0, "timeout": 2.0}
+
+    def new_server(self, harness: Harness) -> ServerProcess | None:
+        """A new, not yet started server like the one under test, for one fault test that
+        pauses, kills or restarts it (the suite starts and closes it). It must keep its data
+        across :meth:`~coordination.testing.servers.ServerProcess.restart`.
+
+        ``None`` (the default): the fault tests use ``server`` (shared) or report that the
+        fixture gives no server control.
+        """
+        return None
+
+    async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str] | None:
+        """What is left on the server: every contender (lock or election node or key) under
+        ``harness``'s namespace, and every session of ``session_ids`` the server still
+        keeps, one description each.
+
+        The fault suite checks that cancelled acquires and lost replies leave nothing.
+        ``None`` (the default): the fixture cannot tell, and the suite says so.
+        """
+        return None
+
+    history_compaction = False
+    """Whether :meth:`compact` applies: the backend drops old history that watches need."""
+
+    async def compact(self, harness: Harness) -> None:
+        """Compact the server's history up to its current version (etcd's compaction)."""
+        raise NotImplementedError("set history_compaction and override compact()")
 
     async def expire_session(self, harness: Harness, coord: Coordinator, session_id: str) -> None:
         """End ``session_id`` (the session of ``coord``) from outside, as the server would.

@@ -1,28 +1,387 @@
-"""A lock holder in its own process, for crash-failover tests.
+"""A lock holder in its own process, for crash, pause and soak tests, and its parent side.
 
-``python -m coordination.testing.holder URL NAME`` connects, acquires the lock ``NAME``,
-prints ``held <token>`` on stdout and then holds it until killed.
+``python -m coordination.testing.holder URL NAME [options]`` connects, acquires the lock
+``NAME`` and reports on stdout, one line per event, ``<event> <token or -> <time> [detail]``:
+
+=============== ==================================================================
+``held``        acquired the lock (a fenced resource takes it as the first write)
+``write``       a fenced write attempt with the token (every ``--write-every`` s, from
+                a worker thread, as blocking I/O would be)
+``releasing``   about to release (the guarded action ends here)
+``released``    released
+``cancelled``   the body was cancelled (the lock was lost)
+``lost``        ``LockLost`` was raised at the exit of the body (the detail: its message)
+``state``       the session state changed (the detail is its name)
+``blocked``     about to block the event loop (command ``block``)
+``unblocked``   the loop runs again
+=============== ==================================================================
+
+(The parent side reports a line it cannot parse as an event ``garbled``.)
+
+The time is ``time.monotonic()``. On Linux that is ``CLOCK_MONOTONIC``, which is one clock
+for the whole machine (not per process), so the parent compares these times with its own
+``time.monotonic()`` and with other holders' (see :mod:`coordination.testing.checker`).
+
+The holder is careless on purpose: it writes with its token without checking that it still
+holds the lock, so that what a test sees refused is refused by the fenced resource, not by
+the holder's good manners.
+
+Options: ``--write-every S`` writes every S seconds while holding; ``--hold S`` releases
+after S seconds, ``--hold MIN:MAX`` after a random time between the two (default: hold
+until killed, or until the lock is lost); ``--loop`` acquires
+again after each release or loss, resting ``--rest S`` in between. ``--commands`` reads
+commands on stdin, one per line:
+
+* ``block S`` blocks the event loop with a synchronous sleep of at most S seconds that ends
+  early at the next line on stdin, then writes once with the token it held (as a body that
+  blocked and goes on with its work before it checks anything);
+* ``release`` ends the current hold (the lock is released);
+* ``exit`` leaves at once.
+
+Without ``--loop`` the process exits after the hold: status 0 after a release, 3 after a
+loss.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import math
+import os
+import random
+import select
+import signal
+import subprocess
 import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 
 import anyio
+from anyio.abc import Process, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 import coordination
+from coordination import HeldLock, LockLost
+
+__all__ = ["HolderEvent", "HolderProcess", "main", "parse_event"]
+
+LOST_STATUS = 3
 
 
-async def _hold(url: str, name: str) -> None:
-    async with coordination.connect(url) as coord, coord.lock(name) as held:
-        print(f"held {held.token}", flush=True)
-        await anyio.sleep_forever()
+# --------------------------------------------------------------------------- the holder process
 
 
-def main() -> None:
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m coordination.testing.holder URL NAME")
-    anyio.run(_hold, sys.argv[1], sys.argv[2])
+_output = threading.Lock()
+
+
+def _emit(event: str, token: int | None = None, detail: str = "") -> None:
+    # time.monotonic() is CLOCK_MONOTONIC on Linux: comparable across processes of one machine.
+    line = f"{event} {'-' if token is None else token} {time.monotonic():.6f}"
+    # One write per line, under a lock: the worker thread reports too, and print() writes the
+    # text and its newline separately, so two threads could interleave them.
+    with _output:
+        sys.stdout.write(f"{line} {detail}\n" if detail else f"{line}\n")
+        sys.stdout.flush()
+
+
+def _work(seconds: float, token: int) -> None:
+    """A piece of blocking work that ends with a fenced write (careless: no check it still holds)."""
+    time.sleep(seconds)
+    _emit("write", token)
+
+
+class _Stdin:
+    """Lines from file descriptor 0, read without Python's buffering (select sees all of it)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def readline(self, timeout: float | None = None) -> str | None:
+        """The next line, or ``None`` after ``timeout`` seconds or at end of input."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([0], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(0, 4096)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode().strip()
+
+
+class _Holder:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.current: HeldLock | None = None
+        self.release_now = anyio.Event()
+        self.stdin = _Stdin()
+        self.status = 0
+
+    async def run(self) -> None:
+        args = self.args
+        async with coordination.connect(args.url) as coord, anyio.create_task_group() as tg:
+            tg.start_soon(self._report_states, coord)
+            if args.commands:
+                tg.start_soon(self._commands, tg)
+            lock = coord.lock(args.name)
+            while True:
+                lost = await self._hold_once(lock)
+                if not args.loop:
+                    self.status = LOST_STATUS if lost else 0
+                    break
+                await anyio.sleep(args.rest)
+            tg.cancel_scope.cancel()
+
+    async def _hold_once(self, lock: coordination.Lock) -> bool:
+        """Acquire, hold (writing), release; True if the lock was lost instead."""
+        self.release_now = anyio.Event()
+        held = await lock.acquire()
+        token = held.token
+        try:
+            async with held:
+                self.current = held
+                _emit("held", token)
+                try:
+                    await self._body(held)
+                except anyio.get_cancelled_exc_class():
+                    _emit("cancelled", token)
+                    raise
+                _emit("releasing", token)
+                self.current = None
+        except LockLost as exc:
+            self.current = None
+            _emit("lost", token, str(exc))
+            return True
+        _emit("released", token)
+        return False
+
+    async def _body(self, held: HeldLock) -> None:
+        args = self.args
+        every = args.write_every
+        hold = math.inf if args.hold is None else random.uniform(*args.hold)
+        with anyio.move_on_after(hold):
+            if not every:
+                await self.release_now.wait()
+                return
+            while not self.release_now.is_set():
+                # The work runs in a worker thread (blocking I/O), which a cancellation does not
+                # interrupt: a write that was under way when the process stopped still happens.
+                await anyio.to_thread.run_sync(_work, every, held.token)
+
+    async def _report_states(self, coord: coordination.Coordinator) -> None:
+        async for state in coord.states():
+            _emit("state", None, state.name)
+
+    async def _commands(self, tg: TaskGroup) -> None:
+        while True:
+            line = await anyio.to_thread.run_sync(self.stdin.readline, abandon_on_cancel=True)
+            if line is None or line == "exit":
+                os._exit(self.status)
+            word, _, rest = line.partition(" ")
+            if word == "block":
+                held = self.current
+                _emit("blocked")
+                self.stdin.readline(float(rest or "60"))  # the whole event loop stops here
+                _emit("unblocked")
+                if held is not None:
+                    _emit("write", held.token)  # the body goes on before it checks anything
+            elif word == "release":
+                self.release_now.set()
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(":")
+    return float(low), float(high or low)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m coordination.testing.holder", description=__doc__)
+    parser.add_argument("url")
+    parser.add_argument("name")
+    parser.add_argument("--write-every", type=float, default=0.0, metavar="S")
+    parser.add_argument("--hold", type=_seconds_range, default=None, metavar="S[:MAX]")
+    parser.add_argument("--loop", action="store_true")
+    parser.add_argument("--rest", type=float, default=0.0, metavar="S")
+    parser.add_argument("--commands", action="store_true")
+    args = parser.parse_args(argv)
+    holder = _Holder(args)
+    try:
+        anyio.run(holder.run)
+    except KeyboardInterrupt:
+        pass
+    except BaseException:
+        traceback.print_exc()
+        holder.status = 1
+    sys.stdout.flush()
+    # Not sys.exit(): a worker thread may still wait on stdin, and nothing else needs closing.
+    os._exit(holder.status)
+
+
+# --------------------------------------------------------------------------- the parent side
+
+
+@dataclass(frozen=True)
+class HolderEvent:
+    """One line of a holder: ``kind``, the token (or ``None``), the time and the detail."""
+
+    kind: str
+    token: int | None
+    at: float
+    detail: str = ""
+
+
+def parse_event(line: str) -> HolderEvent:
+    """Parse one line a holder printed."""
+    kind, token, at, *detail = line.split(maxsplit=3)
+    return HolderEvent(kind, None if token == "-" else int(token), float(at), detail[0] if detail else "")
+
+
+class HolderProcess:
+    """A running holder process, its events as they arrive, and the faults it can suffer.
+
+    ::
+
+        async with HolderProcess.start(url, "name", "--write-every", "0.05") as holder:
+            held = await holder.next("held", timeout=20)
+            holder.pause()     # SIGSTOP
+            holder.resume()    # SIGCONT
+            holder.send("block 10")
+
+    ``on_event`` sees each event as it arrives (e.g. to apply writes to a fenced resource).
+    Leaving the block kills the process if it still runs.
+    """
+
+    def __init__(self, process: Process, label: str, on_event: Callable[[HolderEvent], None] | None) -> None:
+        self.process = process
+        self.label = label
+        self.events: list[HolderEvent] = []
+        self._on_event = on_event
+        self._changed = anyio.Event()
+        self._cursors: dict[str, int] = {}
+        self.exited = anyio.Event()
+        self.returncode: int | None = None
+        self.paused = False
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(
+        cls,
+        url: str,
+        name: str,
+        *options: str,
+        label: str = "holder",
+        on_event: Callable[[HolderEvent], None] | None = None,
+    ) -> AsyncIterator[HolderProcess]:
+        command = [sys.executable, "-m", "coordination.testing.holder", url, name, *options]
+        stdin = subprocess.PIPE if "--commands" in options else subprocess.DEVNULL
+        process = await anyio.open_process(command, stdin=stdin, stderr=None)
+        holder = cls(process, label, on_event)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(holder._read)
+                try:
+                    yield holder
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await holder.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        lines = BufferedByteReceiveStream(self.process.stdout)
+        try:
+            while True:
+                line = (await lines.receive_until(b"\n", 65536)).decode()
+                try:
+                    event = parse_event(line)
+                except ValueError:
+                    event = HolderEvent("garbled", None, time.monotonic(), line)
+                self.events.append(event)
+                if self._on_event is not None:
+                    self._on_event(event)
+                changed, self._changed = self._changed, anyio.Event()
+                changed.set()
+        except (
+            anyio.EndOfStream,
+            anyio.IncompleteRead,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+        ):
+            pass
+        self.returncode = await self.process.wait()
+        self.exited.set()
+        self._changed.set()
+
+    def seen(self, kind: str) -> list[HolderEvent]:
+        """Every event of ``kind`` so far."""
+        return [event for event in self.events if event.kind == kind]
+
+    async def next(self, kind: str, timeout: float) -> HolderEvent:
+        """The next event of ``kind`` not returned yet by ``next``; TimeoutError after ``timeout`` s."""
+        start = self._cursors.get(kind, 0)
+        with anyio.move_on_after(timeout):
+            while True:
+                for i in range(start, len(self.events)):
+                    if self.events[i].kind == kind:
+                        self._cursors[kind] = i + 1
+                        return self.events[i]
+                start = len(self.events)
+                if self.exited.is_set():
+                    raise AssertionError(
+                        f"{self.label} exited (status {self.returncode}) before reporting {kind!r}"
+                    )
+                await self._changed.wait()
+        raise TimeoutError(f"{self.label} did not report {kind!r} within {timeout:g}s")
+
+    async def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; its status."""
+        with anyio.move_on_after(timeout):
+            await self.exited.wait()
+            assert self.returncode is not None
+            return self.returncode
+        raise TimeoutError(f"{self.label} did not exit within {timeout:g}s")
+
+    async def send(self, command: str) -> None:
+        """Send one command line (the holder must run with ``--commands``)."""
+        assert self.process.stdin is not None, "start the holder with --commands"
+        await self.process.stdin.send(command.encode() + b"\n")
+
+    def pause(self) -> None:
+        """SIGSTOP the holder."""
+        self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT the holder."""
+        self.process.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def kill(self) -> None:
+        """SIGKILL the holder."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    async def close(self) -> None:
+        """Kill the process if it still runs, and reap it."""
+        if self.process.returncode is None:
+            self.kill()
+            if self.paused:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.send_signal(signal.SIGCONT)
+        with anyio.move_on_after(10):
+            await self.process.wait()
+        await self.process.aclose()
 
 
 if __name__ == "__main__":

@@ -82,6 +82,14 @@ class FaultProxy:
         self.port = 0
         self.connections = 0
         """How many connections the proxy has accepted (to see reconnects)."""
+        self.bytes_up = 0
+        """Bytes forwarded from clients to the server (to measure traffic)."""
+        self.bytes_down = 0
+        """Bytes forwarded from the server to clients."""
+        self.chunks_up = 0
+        """Reads forwarded from clients to the server: at idle, about one per request."""
+        self.chunks_down = 0
+        """Reads forwarded from the server to clients."""
         self._delay = 0.0
         self._gates: dict[str, _Gate] = {"upstream": _Gate(), "downstream": _Gate()}
         self._refusing = False
@@ -183,6 +191,12 @@ class FaultProxy:
                     link.reset()
                     return
                 await sink.send(chunk)
+                if direction == "upstream":
+                    self.chunks_up += 1
+                    self.bytes_up += len(chunk)
+                else:
+                    self.chunks_down += 1
+                    self.bytes_down += len(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         link.scope.cancel()  # one side closed: close the other

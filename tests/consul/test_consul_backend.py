@@ -323,6 +323,50 @@ async def test_tasks_of_one_session_take_turns(consul_url: str) -> None:
         assert all(a < b for a, b in itertools.pairwise(tokens))
 
 
+@pytest.mark.asyncio
+async def test_a_lock_request_applied_after_its_acquire_was_cancelled_leaves_nothing(consul_url: str) -> None:
+    """A cancelled acquire whose lock request was already on its way: Consul applies it after
+    the cancellation. The backend waits for its outcome and releases, so no key stays held by
+    the live session (before, the release could come first and the lock request after it)."""
+    async with (
+        coordination.connect(consul_url, **OPTIONS) as a,
+        coordination.connect(consul_url, **OPTIONS) as b,
+        anyio.create_task_group() as tg,
+    ):
+        backend = a._backend
+        assert isinstance(backend, ConsulBackend)
+        http = backend.http
+        txn = http.txn
+        applied = anyio.Event()
+
+        async def late(ops: list[dict[str, Any]], what: str) -> Any:
+            if not any(op["KV"]["Verb"] == "lock" for op in ops):
+                return await txn(ops, what)
+            outcome: list[Any] = []
+            answered = anyio.Event()
+
+            async def on_the_wire() -> None:  # not cancelled with the caller, as a sent request
+                await anyio.sleep(0.3)
+                outcome.append(await txn(ops, what))
+                applied.set()
+                answered.set()
+
+            tg.start_soon(on_the_wire)
+            await answered.wait()
+            return outcome[0]
+
+        http.txn = late  # type: ignore[method-assign]
+        with anyio.move_on_after(0.1) as scope:
+            await a.lock("late").acquire()
+        assert scope.cancelled_caught
+        with anyio.fail_after(5):
+            await applied.wait()
+        http.txn = txn  # type: ignore[method-assign]
+        got = await b.lock("late").try_acquire()
+        assert got is not None, "the key stayed held by the session of the cancelled acquire"
+        await got.release()
+
+
 # -- lock-delay, renewal, crash failover -----------------------------------------------------
 
 

@@ -1,25 +1,48 @@
-"""The conformance suite on a real Consul agent.
+"""The conformance suite, fault suite included, on a real Consul agent.
 
 Sessions get a 3 s TTL (the agent allows 1 s and up) and a 1 s lock-delay, so that the
 expiry tests, where a holder's session is destroyed from outside and its lock goes to
-another session only after the lock-delay, stay fast.
+another session only after the lock-delay, stay fast. The fault suite uses 2 s and 0.5 s,
+and a server of its own that keeps its data across a restart (not ``-dev``) where it
+pauses, kills or restarts the server.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Collection
 from typing import Any
 
+import anyio
 import pytest
 
+from coordination._url import parse_url
 from coordination.testing import (
     BadInputTests,
     ConfigTests,
     CoordinationFixtures,
     ElectionTests,
+    FaultTests,
+    Harness,
     LockTests,
     SessionTests,
 )
 from coordination.testing.servers import ConsulProcess, ServerProcess
+
+
+def _get(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            if error.code == 404:
+                return None
+            raise
 
 
 class ConsulFixtures(CoordinationFixtures):
@@ -40,6 +63,32 @@ class ConsulFixtures(CoordinationFixtures):
         # locks from everyone for the lock-delay; waiters retry through it up to 0.5 s apart.
         return 2 * float(options["ttl"]) + float(options["lock_delay"]) + 1.5
 
+    def fault_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {**options, "ttl": 2.0, "timeout": 2.0, "lock_delay": 0.5}
+
+    def new_server(self, harness: Harness) -> ServerProcess:
+        return ConsulProcess(session_ttl_min="1s", persistent=True)
+
+    async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
+        """Keys under the namespace held by a session (contenders), and sessions still alive."""
+        url = parse_url(harness.url)
+        ((host, port),) = url.hosts
+        base = f"http://{host}:{port}/v1"
+        prefix = urllib.parse.quote(f"{url.namespace}/")
+
+        def look() -> list[str]:
+            found = []
+            for pair in _get(f"{base}/kv/{prefix}?recurse&consistent") or ():
+                if pair.get("Session"):
+                    value = base64.b64decode(pair.get("Value") or "").decode(errors="replace")
+                    found.append(f"key {pair['Key']} held by session {pair['Session']} ({value})")
+            for session_id in session_ids:
+                if _get(f"{base}/session/info/{session_id}?consistent"):
+                    found.append(f"session {session_id}")
+            return found
+
+        return await anyio.to_thread.run_sync(look)
+
 
 class TestLock(LockTests, ConsulFixtures):
     pass
@@ -58,4 +107,8 @@ class TestSession(SessionTests, ConsulFixtures):
 
 
 class TestBadInput(BadInputTests, ConsulFixtures):
+    pass
+
+
+class TestFaults(FaultTests, ConsulFixtures):
     pass

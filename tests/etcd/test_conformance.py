@@ -1,18 +1,26 @@
-"""The conformance suite on the etcd backend, against etcd 3.4 and 3.5."""
+"""The conformance suite, fault suite included, on the etcd backend, against etcd 3.4 and 3.5."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pytest
+from aetcd import rpc  # type: ignore[import-untyped]
 
 from coordination.testing import (
     BadInputTests,
     ConfigTests,
     CoordinationFixtures,
     ElectionTests,
+    FaultTests,
+    Harness,
     LockTests,
     SessionTests,
 )
-from coordination.testing.servers import EtcdProcess
+from coordination.testing.servers import EtcdProcess, ServerProcess
+from coordination_etcd._client import range_request, rpc_errors
+
+from ._helpers import client_of
 
 
 class EtcdFixtures(CoordinationFixtures):
@@ -23,6 +31,38 @@ class EtcdFixtures(CoordinationFixtures):
     @pytest.fixture
     def server(self, etcd_server: EtcdProcess) -> EtcdProcess:
         return etcd_server
+
+    def new_server(self, harness: Harness) -> ServerProcess:
+        assert isinstance(harness.server, EtcdProcess)
+        return EtcdProcess(version=harness.server.version)
+
+    async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
+        """Keys bound to a lease under the namespace (contenders), and leases still granted."""
+        async with harness.session() as coord:
+            client = client_of(coord)
+            prefix = f"{coord.namespace}/".encode()
+            reply = await client.range(range_request(prefix, prefix=True, keys_only=True))
+            found = [f"key {kv.key.decode()} (lease {kv.lease:x})" for kv in reply.kvs if kv.lease]
+            for session_id in session_ids:
+                with rpc_errors("lease time to live"):
+                    ttl = await client._lease.LeaseTimeToLive(
+                        rpc.LeaseTimeToLiveRequest(ID=int(session_id, 16)), timeout=client.timeout
+                    )
+                if ttl.TTL > 0:
+                    found.append(f"lease {session_id} ({ttl.TTL}s to live)")
+        return found
+
+    history_compaction = True
+
+    async def compact(self, harness: Harness) -> None:
+        """Compact etcd's history up to its current revision."""
+        async with harness.session() as coord:
+            client = client_of(coord)
+            revision = (await client.range(range_request(b"\0"))).header.revision
+            with rpc_errors("compaction"):
+                await client._kv.Compact(
+                    rpc.CompactionRequest(revision=revision, physical=True), timeout=client.timeout
+                )
 
 
 class TestLock(LockTests, EtcdFixtures):
@@ -42,4 +82,8 @@ class TestSession(SessionTests, EtcdFixtures):
 
 
 class TestBadInput(BadInputTests, EtcdFixtures):
+    pass
+
+
+class TestFaults(FaultTests, EtcdFixtures):
     pass

@@ -239,9 +239,17 @@ class _ConsulSession(BackendSession[_Contender]):
             "Session": self.id,
         }
         contender.maybe_held = True
-        outcome = await self._http.txn([{"KV": guard}, {"KV": lock}], f"to lock {contender.key!r}")
-        contender.maybe_held = outcome.ok
-        return outcome
+        # Let the request finish even if the caller is cancelled: abandoned, it may still be
+        # applied after the release that withdraw() sends on another connection, and leave the
+        # key held by this live session with no contender to release it. Bounded: if no
+        # answer comes in time, withdraw() releases whatever the outcome was.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._backend.timeout):
+            outcome = await self._http.txn([{"KV": guard}, {"KV": lock}], f"to lock {contender.key!r}")
+            contender.maybe_held = outcome.ok
+            return outcome
+        raise Unavailable(
+            f"Consul did not answer the lock of {contender.key!r} within {self._backend.timeout:g}s"
+        )
 
     async def _release(self, key: str) -> None:
         """Release ``key`` if this session holds it, and delete it (as ``consul lock`` does)."""

@@ -97,7 +97,7 @@ class _Key:
         """Contenders waiting for the next incarnation, in arrival order."""
         self.closing = False
         """The last user is deleting the key: nobody may join."""
-        self.guard = anyio.Lock()
+        self.guard = anyio.Lock(fast_acquire=True)  # no extra event-loop round when it is free
         """Held while the key is being written."""
 
 

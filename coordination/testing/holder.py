@@ -267,6 +267,11 @@ class HolderProcess:
         self.exited = anyio.Event()
         self.returncode: int | None = None
         self.paused = False
+        # Signals go through a pidfd where there is one: it names this very process, while its
+        # pid may already belong to another once the child watcher has reaped it.
+        self._pidfd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfd = os.pidfd_open(process.pid)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -357,31 +362,39 @@ class HolderProcess:
         assert self.process.stdin is not None, "start the holder with --commands"
         await self.process.stdin.send(command.encode() + b"\n")
 
+    def _signal(self, signum: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            elif self.process.returncode is None:
+                self.process.send_signal(signum)
+
     def pause(self) -> None:
         """SIGSTOP the holder."""
-        self.process.send_signal(signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
         self.paused = True
 
     def resume(self) -> None:
         """SIGCONT the holder."""
-        self.process.send_signal(signal.SIGCONT)
+        self._signal(signal.SIGCONT)
         self.paused = False
 
     def kill(self) -> None:
         """SIGKILL the holder."""
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
+        self._signal(signal.SIGKILL)
 
     async def close(self) -> None:
         """Kill the process if it still runs, and reap it."""
         if self.process.returncode is None:
             self.kill()
             if self.paused:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.send_signal(signal.SIGCONT)
+                self._signal(signal.SIGCONT)
         with anyio.move_on_after(10):
             await self.process.wait()
         await self.process.aclose()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 if __name__ == "__main__":

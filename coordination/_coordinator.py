@@ -43,6 +43,29 @@ def safety_margin(ttl: float) -> float:
     return ttl / 10
 
 
+def reply_budget(ttl: float, timeout: float) -> float:
+    """How long a keepalive may go unanswered before the session counts as SUSPENDED and
+    the keepalive is sent again, to another node: a fifth of the TTL (at most ``timeout``)."""
+    return min(timeout, max(ttl / 5, 0.05))
+
+
+class Backoff:
+    """Pauses between retries, doubling from ``first`` up to ``longest`` seconds."""
+
+    def __init__(self, first: float = 0.05, longest: float = 2.0) -> None:
+        self.first = first
+        self.longest = longest
+        self.delay = first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    async def wait(self, at_most: float = math.inf) -> None:
+        """Pause for the current delay (but not longer than ``at_most``), then double it."""
+        await anyio.sleep(min(self.delay, at_most))
+        self.delay = min(self.delay * 2, self.longest)
+
+
 class _Session:
     """The core's view of one backend session: its deadline, holdings and waiting ops."""
 
@@ -219,8 +242,7 @@ class Coordinator:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
-            await self.call(self._backend.open(), "connecting")
-            session = await self._open_session()
+            session = await self._connect()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._backend.aclose()
@@ -258,7 +280,36 @@ class Coordinator:
 
     # -- session supervision ---------------------------------------------------------------
 
+    async def _connect(self) -> _Session:
+        """Open the backend and its first session, trying again while the server is starting
+        or briefly out of reach, until the operation timeout runs out (then the last error)."""
+        deadline = time.monotonic() + self._timeout
+        backoff, opened = Backoff(longest=1.0), False
+        last: Exception | None = None
+        while True:
+            try:
+                with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+                    if not opened:
+                        await self._backend.open()
+                        opened = True
+                    return await self._open_session()
+            except _TRANSIENT as exc:
+                if last is None:
+                    log.info("connecting failed, retrying for up to %.3gs: %r", self._timeout, exc)
+                last = exc
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                await backoff.wait(at_most=remaining)
+            except TimeoutError:
+                if last is not None:
+                    raise last from last.__cause__
+                raise OperationTimeout(
+                    f"connecting took longer than the {self._timeout:g}s operation timeout"
+                ) from None
+
     async def _open_session(self) -> _Session:
+        """Open one backend session; Unavailable if its grant came too late to be renewed in time."""
         session = _Session(self)
         sent = time.monotonic()
         bs = await self.call(self._backend.open_session(self._ttl, session), "opening a session")
@@ -266,6 +317,14 @@ class Coordinator:
             bs.keepalive_interval = bs.ttl / 3
         session.backend_session = bs
         session.deadline = sent + bs.ttl - safety_margin(bs.ttl)
+        if session.deadline - time.monotonic() < reply_budget(bs.ttl, self._timeout):
+            # The grant took so long that no keepalive could be answered before the local
+            # deadline: installing the session would show CONNECTED, then LOST at once.
+            await self._close_session(session)
+            raise Unavailable(
+                f"the grant of session {bs.id} came {time.monotonic() - sent:.3g}s after it was asked"
+                f" for, too late to renew it within its {bs.ttl:g}s TTL"
+            )
         return session
 
     def _install(self, session: _Session) -> None:
@@ -307,14 +366,20 @@ class Coordinator:
 
     async def _keepalive(self, session: _Session) -> None:
         bs = session.bs
-        # Unanswered for a fifth of the TTL: SUSPENDED, well before the deadline.
-        reply_within = min(self._timeout, max(bs.ttl / 5, 0.05))
-        delay, retrying = bs.keepalive_interval, False
+        # Unanswered for a fifth of the TTL: SUSPENDED, well before the deadline, and the
+        # backend moves to another node of its cluster before the next attempt.
+        reply_within = reply_budget(bs.ttl, self._timeout)
+        retry_every = max(0.05, min(bs.keepalive_interval, bs.ttl / 10))
+        failing = False
         while True:
-            # Never so late that the reply could not come before the local deadline: a session
-            # whose grant was answered late (after an outage) has little of its TTL left.
-            due = session.deadline - reply_within - time.monotonic()
-            await anyio.sleep(max(min(delay, due), 0.05 if retrying else 0.0))
+            if failing:
+                # At most ten attempts per TTL while the server is out of reach.
+                await anyio.sleep(retry_every)
+            else:
+                # Never so late that the reply could not come before the local deadline: a
+                # session whose grant was answered late (after an outage) has little TTL left.
+                due = session.deadline - reply_within - time.monotonic()
+                await anyio.sleep(max(min(bs.keepalive_interval, due), 0.0))
             sent = time.monotonic()
             try:
                 with anyio.fail_after(reply_within):
@@ -323,24 +388,52 @@ class Coordinator:
                 session.lose(f"the server expired the session ({exc})")
                 return
             except (*_TRANSIENT, TimeoutError, OSError) as exc:
-                log.info("keepalive of session %s failed: %r", bs.id, exc)
+                if isinstance(exc, TimeoutError):
+                    exc = OperationTimeout(f"no reply within {reply_within:.3g}s")
+                # Logged once per outage, not at every attempt.
+                log.log(
+                    logging.DEBUG if failing else logging.INFO,
+                    "keepalive of session %s failed: %r",
+                    bs.id,
+                    exc,
+                )
+                failing = True
                 self._on_suspended(session)
-                delay, retrying = max(0.05, min(bs.keepalive_interval, bs.ttl / 10)), True
+                await self._failover(f"a keepalive of session {bs.id} failed: {exc}")
                 continue
             if not session.extend(sent, granted):
                 return
+            if failing:
+                log.info("keepalive of session %s answered again", bs.id)
+            failing = False
             self._on_resumed(session)
-            delay, retrying = bs.keepalive_interval, False
+
+    async def _failover(self, reason: str) -> None:
+        """Let the backend move to another node; bounded, and never fatal to the keepalive."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+            try:
+                await self._backend.failover(reason)
+            except Exception as exc:
+                log.info("moving to another node failed: %r", exc)
 
     async def _reopen(self) -> _Session:
-        delay = 0.05
+        backoff, failures = Backoff(), 0
         while True:
             try:
-                return await self._open_session()
+                session = await self._open_session()
             except (*_TRANSIENT, SessionExpired) as exc:
-                log.info("opening a new session failed, retrying in %.2fs: %r", delay, exc)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+                failures += 1
+                # Logged once per outage (then at debug level), not at every attempt.
+                log.log(
+                    logging.INFO if failures == 1 else logging.DEBUG,
+                    "opening a new session failed, retrying: %r",
+                    exc,
+                )
+                await backoff.wait()
+                continue
+            if failures:
+                log.info("opened session %s after %d failed attempts", session.bs.id, failures)
+            return session
 
     async def _close_session(self, session: _Session) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
@@ -411,7 +504,7 @@ class Coordinator:
         cancellation or a failure withdraws the contender so it cannot block others.
         """
         key = self._key(name)
-        delay = 0.05
+        backoff = Backoff()
         with anyio.move_on_after(math.inf if timeout is None else timeout):
             while True:
                 try:
@@ -425,8 +518,7 @@ class Coordinator:
                 except _TRANSIENT:
                     if not blocking:
                         raise
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await backoff.wait()
                     continue
                 if holding is not None or (not blocking and not session.lost.is_set()):
                     return holding
@@ -484,32 +576,31 @@ class Coordinator:
                 self._tg.start_soon(self._withdraw_later, session, contender)
 
     async def _withdraw_later(self, session: _Session, contender: Any) -> None:
-        delay = 0.1
+        backoff = Backoff(first=0.1)
         while not session.lost.is_set():
-            await anyio.sleep(delay)
+            await backoff.wait()
             try:
                 await self.call(session.bs.withdraw(contender), "withdrawing")
                 return
             except SessionExpired:
                 return
             except _TRANSIENT:
-                delay = min(delay * 2, 2.0)
+                pass
 
     async def stream(self, factory: Callable[[], AsyncIterator[T]], what: str) -> AsyncIterator[T]:
         """Iterate a backend stream, restarting it after a transient failure or a lost session."""
         self.check_open()
-        delay = 0.05
+        backoff = Backoff()
         while True:
             items = factory()
             try:
                 async for item in items:
-                    delay = 0.05
+                    backoff.reset()
                     yield item
             except (*_TRANSIENT, SessionExpired) as exc:
-                log.info("%s broke, restarting in %.2fs: %r", what, delay, exc)
+                log.info("%s broke, restarting in %.2fs: %r", what, backoff.delay, exc)
             finally:
                 aclose = getattr(items, "aclose", None)
                 if aclose is not None:
                     await aclose()
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await backoff.wait()

@@ -92,7 +92,11 @@ class BackendSession(ABC, Generic[ContenderT]):
 
     * ``id`` — the server's id for the session, as text (lease id in hex, ZooKeeper
       session id, Consul session UUID). Shown to users as ``coord.session_id``.
-    * ``ttl`` — the time to live the server granted, in seconds.
+    * ``ttl`` — the time to live the server granted, in seconds: how long after handling a
+      keepalive the server keeps the session (and its locks) from anyone else. Where the
+      server may end a session sooner without the client hearing of it (Consul, when the
+      agent that made it leaves: then its locks are free after the lock-delay), ``ttl`` is
+      that shorter bound, since the core's local deadline is measured from it.
     * ``keepalive_interval`` — seconds between keepalives (default: a third of ``ttl``).
     """
 
@@ -186,6 +190,18 @@ class Backend(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Close the client. Sessions are already closed when this is called."""
+
+    async def failover(self, reason: str) -> None:  # noqa: B027 - optional hook
+        """A keepalive failed or went unanswered for a fifth of the TTL: the node this client
+        talks to may be dead, cut off, or hanging without closing the connection.
+
+        Send the next requests (the core's next keepalive among them) to another node of the
+        URL, and end requests still waiting on this one with
+        :class:`~coordination.Unavailable` so that they are retried there. Called once per
+        failed keepalive, so at most ten times per TTL while the cluster is out of reach.
+        The default does nothing: for a client that detects a silent node and moves by
+        itself (ZooKeeper's), or a single server.
+        """
 
     @abstractmethod
     async def open_session(self, ttl: float, monitor: SessionMonitor) -> BackendSession[Any]:

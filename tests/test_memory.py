@@ -388,3 +388,69 @@ async def test_a_failed_connect_raises_the_error_itself() -> None:
                 pass
     finally:
         coordination.unregister("unreachable")
+
+
+class _TooLateGrant(MemoryBackend):
+    """A memory backend whose first grant is answered so late that the session could not be
+    renewed before its local deadline."""
+
+    scheme = "toolate"
+    late = 0
+
+    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
+        session = await super().open_session(ttl, monitor)
+        if _TooLateGrant.late:
+            _TooLateGrant.late -= 1
+            await anyio.sleep(ttl * 0.95)  # the reply to the grant comes past deadline - ttl/5
+        return session
+
+
+async def test_a_session_granted_after_its_deadline_is_not_installed() -> None:
+    coordination.register("toolate", _TooLateGrant)
+    _TooLateGrant.late = 1
+    try:
+        async with coordination.connect(f"toolate://t-{uuid.uuid4().hex[:8]}", ttl=0.5) as a:
+            store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
+            # The late session was closed, never shown: the coordinator opened another.
+            assert a.state is SessionState.CONNECTED
+            assert a.session_id is not None
+            assert list(store.sessions) == [a.session_id]
+            held = await a.lock("late").acquire()
+            await anyio.sleep(0.6)  # past the first session's TTL: the one installed lives on
+            assert held.held
+            await held.release()
+    finally:
+        coordination.unregister("toolate")
+
+
+async def test_keepalive_retries_are_bounded_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Against a server that is down, keepalives are retried at most about ten times per TTL,
+    and the failure is logged once per outage, not at every attempt."""
+    coordination.register("outage", _Outage)
+    ttl = 1.0
+    try:
+        async with coordination.connect(f"outage://t-{uuid.uuid4().hex[:8]}", ttl=ttl) as a:
+            session = a._session
+            assert session is not None
+            attempts: list[float] = []
+            renew = session.bs.keepalive
+
+            async def counted() -> float:
+                attempts.append(time.monotonic())
+                return await renew()
+
+            session.bs.keepalive = counted  # type: ignore[method-assign]
+            caplog.set_level("INFO", logger="coordination")
+            _Outage.down = True
+            with anyio.fail_after(3):
+                async for state in a.states():
+                    if state is SessionState.LOST:
+                        break
+            _Outage.down = False
+            failed = [r for r in caplog.records if "failed" in r.getMessage() and r.levelname == "INFO"]
+            # The retries from the first failure to the local deadline (0.9 s): one a tenth of the TTL.
+            assert 2 <= len(attempts) <= 12, f"{len(attempts)} keepalives in one outage"
+            assert len(failed) == 1, [r.getMessage() for r in failed]
+    finally:
+        _Outage.down = False
+        coordination.unregister("outage")

@@ -93,12 +93,12 @@ def test_defaults_and_options() -> None:
     local = coordination.connect("consul://")._backend  # no host: the local agent
     assert isinstance(local, ConsulBackend)
     assert local.hosts == ["127.0.0.1:8500"]
-    tls = coordination.connect("consul://a:1,[::1]:2/ns?tls=true&datacenter=dc2&lock_delay=0")._backend
+    tls = coordination.connect("consul://a:1,[::1]:2/ns?tls=true&datacenter=dc2&lock_delay=0.5")._backend
     assert isinstance(tls, ConsulBackend)
     assert tls.hosts == ["a:1", "[::1]:2"]
     assert tls.tls
     assert tls.datacenter == "dc2"
-    assert tls.lock_delay == 0
+    assert tls.lock_delay == 0.5
     assert "token" in (ConsulBackend.__doc__ or "")
     assert "lock_delay" in (ConsulBackend.__doc__ or "")
 
@@ -108,6 +108,8 @@ def test_defaults_and_options() -> None:
     [
         ("consul://h/ns?lock_delay=61", "lock_delay"),
         ("consul://h/ns?lock_delay=-1", "lock_delay"),
+        ("consul://h/ns?lock_delay=0", "lock_delay"),  # nothing would bound a loss through a leaving agent
+        ("consul://h/ns?lock_delay=0.4", "lock_delay"),
         ("consul://h/ns?tls=maybe", "tls"),
         ("consul://h/ns?key_file=/k.pem", "key_file"),
         ("consul://user:pw@h/ns", "token"),
@@ -206,7 +208,12 @@ async def test_layout_and_session_on_the_server(consul_server: ConsulProcess, co
         assert info["Behavior"] == "release"
         assert "worker-7" in info["Name"]
         assert coord._session is not None
-        assert coord._session.bs.keepalive_interval == 1.5
+        # Bound by the 1 s lock-delay, shorter than the TTL: Consul may end the session when
+        # its agent leaves, and only the lock-delay keeps its locks from others then.
+        assert info["NodeChecks"] == [], "the session must not be bound to the agent's serfHealth"
+        assert not info.get("ServiceChecks")
+        assert coord._session.bs.ttl == 1.0
+        assert coord._session.bs.keepalive_interval == pytest.approx(1 / 3)
 
         held = await coord.lock("jobs/nightly").acquire()
         pair = await raw_kv(consul_server, f"{ns}/jobs/nightly/.lock")
@@ -400,7 +407,7 @@ async def test_lock_delay_after_an_expiry_but_not_after_a_clean_close(consul_url
 @pytest.mark.asyncio
 async def test_renewal_keeps_a_short_session_alive(consul_server: ConsulProcess, consul_url: str) -> None:
     ttl = 1.0
-    async with coordination.connect(consul_url, ttl=ttl, lock_delay=0) as coord:
+    async with coordination.connect(consul_url, ttl=ttl, lock_delay=ttl) as coord:
         session_id = coord.session_id
         held = await coord.lock("kept").acquire()
         states: list[SessionState] = []
@@ -462,7 +469,7 @@ async def test_crash_failover_of_a_holder_process(consul_url: str) -> None:
 async def test_paused_agent_suspends_then_resumes_with_locks_kept(
     consul_server: ConsulProcess, consul_url: str
 ) -> None:
-    async with coordination.connect(consul_url, ttl=5, lock_delay=0) as coord:
+    async with coordination.connect(consul_url, ttl=5, lock_delay=5) as coord:
         held = await coord.lock("paused").acquire()
         async with aclosing(coord.states()) as states:
             assert await anext(states) is SessionState.CONNECTED
@@ -482,7 +489,7 @@ async def test_paused_agent_suspends_then_resumes_with_locks_kept(
 async def test_paused_agent_beyond_the_ttl_loses_the_lock(
     consul_server: ConsulProcess, consul_url: str
 ) -> None:
-    async with coordination.connect(consul_url, ttl=2, lock_delay=0) as coord:
+    async with coordination.connect(consul_url, ttl=2, lock_delay=2) as coord:
         old_session = coord.session_id
 
         async def hold_through_a_pause() -> None:

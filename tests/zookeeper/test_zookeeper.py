@@ -585,6 +585,7 @@ def test_bad_urls(url: str) -> None:
 async def test_unreachable_server_is_unavailable() -> None:
     start = time.monotonic()
     with pytest.raises(Unavailable):
-        async with coordination.connect(f"zookeeper://127.0.0.1:{free_port()}", timeout=5.0):
+        async with coordination.connect(f"zookeeper://127.0.0.1:{free_port()}", timeout=1.0):
             pass
-    assert time.monotonic() - start < 3, "a refused connection must fail fast"
+    # A refused connection is tried again (the server may be starting) until the timeout.
+    assert 0.5 <= time.monotonic() - start < 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import ssl
 from collections.abc import AsyncGenerator, Mapping
@@ -37,6 +38,8 @@ from coordination.exceptions import (
 from ._http import ConsulHTTP, KVPair, TxnOutcome
 
 __all__ = ["LOCK_FLAG_VALUE", "ConsulBackend", "lock_key", "token_of"]
+
+log = logging.getLogger("coordination.consul")
 
 LOCK_FLAG_VALUE = 0x2DDCCBC058A50C18
 """The ``Flags`` of a lock key: Consul's ``api.LockFlagValue``, as ``consul lock`` sets it."""
@@ -142,8 +145,9 @@ class _ConsulSession(BackendSession[_Contender]):
         self, backend: ConsulBackend, http: ConsulHTTP, session_id: str, ttl: float, monitor: SessionMonitor
     ) -> None:
         self.id = session_id
-        self.ttl = ttl
-        self.keepalive_interval = ttl / 2
+        # The core's bound: the TTL, or the lock-delay if shorter (see ConsulBackend).
+        self.ttl = backend.guarded_for(ttl)
+        self.keepalive_interval = self.ttl / 3
         self._backend = backend
         self._http = http
         self._monitor = monitor
@@ -159,7 +163,7 @@ class _ConsulSession(BackendSession[_Contender]):
         granted = await self._http.session_renew(self.id)
         if granted is None:
             raise SessionExpired(f"Consul no longer knows session {self.id}")
-        return granted or self.ttl
+        return self._backend.guarded_for(granted) if granted else self.ttl
 
     async def close(self) -> None:
         # Release first: destroying a session that holds keys would put them under
@@ -301,8 +305,21 @@ class _ConsulSession(BackendSession[_Contender]):
         contender.value = value
 
 
-def _at_most_60(value: float) -> str | None:
-    return None if value <= 60 else "Consul allows at most 60 seconds"
+MIN_LOCK_DELAY = 0.5
+"""The shortest lock-delay the SDK accepts, in seconds (see ``ConsulBackend``)."""
+
+
+def _lock_delay(value: float) -> str | None:
+    if value > 60:
+        return "Consul allows at most 60 seconds"
+    if value < MIN_LOCK_DELAY:
+        return (
+            f"must be at least {MIN_LOCK_DELAY:g} seconds: Consul ends a session at once, whatever its "
+            "TTL, when the agent it was made through leaves the cluster, and only the lock-delay "
+            "then keeps its locks from others, so the SDK must hear from Consul within it to learn "
+            "of the loss first (Consul's default is 15)"
+        )
+    return None
 
 
 class ConsulBackend(Backend):
@@ -319,9 +336,10 @@ class ConsulBackend(Backend):
     ttl          15                   session TTL, seconds (Consul allows its
                                       ``session_ttl_min``, 10 s by default, to 24 h);
                                       renewed every ``ttl/2``
-    lock_delay   15                   session lock-delay, seconds (0 to 60): after a session
+    lock_delay   15                   session lock-delay, seconds (0.5 to 60): after a session
                                       holding a lock is invalidated, nobody can take that
-                                      lock for this long
+                                      lock for this long; sessions are renewed every third
+                                      of the shorter of ``ttl`` and ``lock_delay``
     timeout      10                   timeout of one request, seconds
     identity     hostname:pid         holder identity: the value of lock keys, and part of
                                       the session name
@@ -335,10 +353,23 @@ class ConsulBackend(Backend):
     tls_verify   true                 verify the agent's certificate and host name
     ============ ==================== ======================================================
 
-    **Sessions.** A session has the TTL, the lock-delay and ``behavior=release``. Consul
-    never invalidates a session before its TTL (it actually waits up to twice the TTL), so
-    the local loss deadline measured from each renewal's send time is safe. Closing releases
-    every held key, then destroys the session.
+    **Sessions.** A session has the TTL, the lock-delay, ``behavior=release`` and no health
+    checks: by default Consul binds a session to its agent's ``serfHealth`` check and
+    invalidates it when that agent dies or is cut off, at any moment of its TTL, which no
+    client-side deadline could bound. Without checks, Consul ends a session only when its TTL
+    runs out (it waits up to twice the TTL after the last renewal) or when the agent it was
+    made through leaves the catalog (``consul leave``, a client agent stopped gracefully, a
+    reaped node); then the session's locks are free to others after the lock-delay. So the
+    local loss deadline is measured from each renewal's send time plus the shorter of the TTL
+    and the lock-delay (less a tenth of it), renewals go every third of that, and a
+    ``lock_delay`` under 0.5 s is refused. Closing releases every held key, then destroys the
+    session.
+
+    **Clusters.** List several agents or servers: a request that cannot connect goes to the
+    next at once; a renewal that fails or is not answered within a fifth of the bound above
+    moves every request to the next host, and requests still waiting on the old one are
+    ended and retried there. Sessions are the cluster's, not the agent's: the lock survives
+    its agent dying while a quorum of servers is reachable through another listed host.
 
     **Locks**, wire-compatible with ``consul lock``: the lock ``name`` is the key
     ``<name>/.lock``, locked by the session (Consul's ``acquire``) with the flags
@@ -370,7 +401,7 @@ class ConsulBackend(Backend):
         **COMMON_OPTIONS,
         "ttl": Option(float, 15.0, "Session TTL in seconds, renewed every ttl/2.", minimum=0.1),
         "lock_delay": Option(
-            float, 15.0, "Session lock-delay in seconds (0 to 60).", minimum=0.0, check=_at_most_60
+            float, 15.0, "Session lock-delay in seconds (0.5 to 60).", minimum=0.0, check=_lock_delay
         ),
         "token": Option(str, None, "ACL token (default: $CONSUL_HTTP_TOKEN).", secret=True),
         "datacenter": Option(str, None, "Datacenter to use (default: the agent's)."),
@@ -435,6 +466,16 @@ class ConsulBackend(Backend):
             token=self._token,
             datacenter=self.datacenter,
         )
+
+    def guarded_for(self, ttl: float) -> float:
+        """How long after a renewal with TTL ``ttl`` Consul keeps a session's locks from others,
+        even if it ends the session: the TTL, or the lock-delay if shorter."""
+        return min(ttl, self.lock_delay)
+
+    async def failover(self, reason: str) -> None:
+        if self._http is not None and len(self.hosts) > 1:
+            log.info("moving off Consul agent %s: %s", self._http.host, reason)
+            self._http.move_off(self._http.host)
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
+import anyio
 import consul.aio  # type: ignore[import-untyped]
 import consul.base  # type: ignore[import-untyped]
 
@@ -140,12 +141,30 @@ class ConsulHTTP:
         self._consul.token = token  # py-consul would let $CONSUL_HTTP_TOKEN win over it
         self._http: _HTTPClient = self._consul.http
         self._dc = datacenter
+        self._in_flight: dict[anyio.CancelScope, int] = {}
+        """Requests under way, with the index of the host each went to."""
 
     def __repr__(self) -> str:
         return f"<ConsulHTTP {self._http.base_uri}>"  # never the token
 
     async def close(self) -> None:
         await self._http.close()
+
+    @property
+    def host(self) -> str:
+        """The ``host:port`` requests go to now."""
+        return str(self._http.hosts[self._http.current])
+
+    def move_off(self, host: str) -> None:
+        """Send the next requests to the host after ``host``, and end every request still
+        waiting on ``host`` with Unavailable (a host that hangs may never answer them)."""
+        http = self._http
+        index = http.hosts.index(host)
+        for scope, sent_to in self._in_flight.items():
+            if sent_to == index:
+                scope.cancel()
+        if http.current == index:
+            http.rotate()
 
     async def _request(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run one request (``make`` calls py-consul), mapping its errors.
@@ -156,9 +175,12 @@ class ConsulHTTP:
         """
         http = self._http
         for attempt in range(len(http.hosts)):
+            host, scope = http.current, anyio.CancelScope()
+            self._in_flight[scope] = host
             try:
-                with map_errors(_ERRORS):
+                with scope, map_errors(_ERRORS):
                     return await make()
+                raise Unavailable(f"the request to {http.hosts[host]} was abandoned: it did not answer")
             except Unavailable as exc:
                 cause = exc.__cause__
                 if len(http.hosts) == 1 or not isinstance(cause, aiohttp.ClientConnectionError):
@@ -166,6 +188,8 @@ class ConsulHTTP:
                 http.rotate()
                 if not isinstance(cause, aiohttp.ClientConnectorError) or attempt + 1 == len(http.hosts):
                     raise
+            finally:
+                del self._in_flight[scope]
         raise AssertionError("unreachable")
 
     async def _put(self, path: str, data: str) -> _Response:
@@ -215,12 +239,17 @@ class ConsulHTTP:
     # -- sessions --------------------------------------------------------------------------
 
     async def session_create(self, *, name: str, ttl: float, lock_delay: float) -> str:
-        """Create a session with a TTL and ``behavior=release``; return its id."""
+        """Create a session with a TTL, ``behavior=release`` and no health checks; return its id."""
         body = {
             "Name": name,
             "TTL": go_duration(ttl),
             "LockDelay": go_duration(lock_delay),
             "Behavior": "release",
+            # Bound to no health check: by default Consul ties a session to its agent's
+            # serfHealth, and invalidates it whenever that agent dies or is cut off, at any
+            # moment of its TTL; only the TTL may end it (and the node leaving the catalog).
+            "NodeChecks": [],
+            "Checks": [],  # the same, for Consul before 1.7
         }
         response = await self._put("/v1/session/create", json.dumps(body))
         if response.status != 200:

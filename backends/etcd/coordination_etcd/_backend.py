@@ -458,6 +458,9 @@ class EtcdBackend(Backend):
         self._tls = bool(settings["tls"] or settings["cacert"] or settings["cert"])
         self._timeout = float(settings["timeout"])
         self._client: EtcdClient | None = None
+        self._targets: list[str] = []
+        """gRPC targets for the URL's hosts, each a rotation of the one before (see failover)."""
+        self._channel_args: tuple[Any, str | None] = (None, None)
 
     @property
     def client(self) -> EtcdClient:
@@ -471,13 +474,14 @@ class EtcdBackend(Backend):
             raise Unavailable("the etcd connection was closed")
 
     async def open(self) -> None:
-        target, first_host = await self._target()
+        self._targets, first_host = await self._target()
         credentials = await self._credentials() if self._tls else None
         # One host: gRPC checks its name. Several: they are dialled by address, so check the first name.
         several = len(self.url.hosts) > 1
         server_name = self.settings["server_name"] or (first_host if self._tls and several else None)
+        self._channel_args = (credentials, server_name)
         client = EtcdClient(
-            open_channel(target, credentials, server_name),
+            open_channel(self._targets[0], credentials, server_name),
             timeout=self._timeout,
             user=self._user,
             password=self._password,
@@ -490,18 +494,33 @@ class EtcdBackend(Backend):
             raise
         self._client = client
 
+    async def failover(self, reason: str) -> None:
+        """Replace the channel with one that dials the next member first.
+
+        gRPC only leaves a member whose connection fails; one that hangs (a partition, a
+        frozen host) keeps the channel until gRPC's own keepalive gives up, long after the
+        lease would have run out. The calls still waiting on it are abandoned and retried.
+        """
+        client = self._client
+        if client is None:
+            return
+        self._targets.append(self._targets.pop(0))
+        log.info("moving to etcd %s: %s", self._targets[0], reason)
+        await client.replace_channel(open_channel(self._targets[0], *self._channel_args))
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
 
-    async def _target(self) -> tuple[str, str]:
-        """The gRPC target for the URL's hosts, and the first host's name."""
+    async def _target(self) -> tuple[list[str], str]:
+        """The gRPC targets for the URL's hosts (each address first in one of them, in URL
+        order, the others after it in turn), and the first host's name."""
         hosts = self.url.hosts or (("127.0.0.1", None),)
         if len(hosts) == 1:
             host, port = hosts[0]
             shown = f"[{host}]" if ":" in host else host
-            return f"{shown}:{port or DEFAULT_PORT}", host
+            return [f"{shown}:{port or DEFAULT_PORT}"], host
         addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = []
         for host, port in hosts:
             with contextlib.suppress(ValueError):
@@ -516,10 +535,13 @@ class EtcdBackend(Backend):
             raise Unavailable(f"none of the etcd hosts {self.url.host_strings(DEFAULT_PORT)} resolves")
         unique = list(dict.fromkeys(addresses))
         if all(address.version == 4 for address, _ in unique):
-            return "ipv4:" + ",".join(f"{address}:{port}" for address, port in unique), hosts[0][0]
-        # gRPC takes one address family per target: IPv4 addresses go in IPv4-mapped.
-        v6 = [(ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a, p) for a, p in unique]
-        return "ipv6:" + ",".join(f"[{address}]:{port}" for address, port in v6), hosts[0][0]
+            scheme, listed = "ipv4:", [f"{address}:{port}" for address, port in unique]
+        else:
+            # gRPC takes one address family per target: IPv4 addresses go in IPv4-mapped.
+            v6 = [(ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a, p) for a, p in unique]
+            scheme, listed = "ipv6:", [f"[{address}]:{port}" for address, port in v6]
+        rotations = [listed[i:] + listed[:i] for i in range(len(listed))]
+        return [scheme + ",".join(rotation) for rotation in rotations], hosts[0][0]
 
     async def _credentials(self) -> Any:
         files: dict[str, bytes | None] = {}

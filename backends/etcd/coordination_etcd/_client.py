@@ -233,15 +233,45 @@ def open_channel(target: str, credentials: Any | None, server_name: str | None) 
     return grpc.aio.secure_channel(target, credentials, options=options)
 
 
+class _Calls:
+    """The calls and streams under way on a client's channel, to abandon when it is replaced.
+
+    A member that hangs (a partition, a frozen host) leaves its connection open: gRPC would
+    wait for its own keepalive to time out before failing the calls on it. Abandoned calls
+    raise :class:`~coordination.Unavailable` at once and are retried on the new channel.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: set[anyio.CancelScope] = set()
+
+    @contextlib.contextmanager
+    def track(self, what: str) -> Iterator[None]:
+        scope = anyio.CancelScope()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._scopes.discard(scope)
+        if scope.cancelled_caught:
+            raise Unavailable(f"etcd {what}: abandoned with the connection to a member that did not answer")
+
+    def abandon(self) -> None:
+        scopes, self._scopes = self._scopes, set()
+        for scope in scopes:
+            scope.cancel()
+
+
 class KeepAliveStream:
     """One ``LeaseKeepAlive`` stream: a renewal is one request and its reply on it."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, calls: _Calls) -> None:
         self._call = call
+        self._calls = calls
 
     async def round_trip(self, lease_id: int) -> int:
         """Renew ``lease_id`` once; return the TTL etcd granted (0 or less: the lease is gone)."""
-        with rpc_errors("keepalive"):
+        with self._calls.track("keepalive"), rpc_errors("keepalive"):
             await grpc_await(self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id)))
             reply = await grpc_await(self._call.read())
         if reply is grpc.aio.EOF:
@@ -258,16 +288,17 @@ class WatchStream:
     ``revision`` is etcd's revision when it created the watch.
     """
 
-    def __init__(self, call: Any, revision: int) -> None:
+    def __init__(self, call: Any, revision: int, calls: _Calls) -> None:
         self._call = call
         self.revision = revision
+        self._calls = calls
 
     def __aiter__(self) -> WatchStream:
         return self
 
     async def __anext__(self) -> Sequence[Event]:
         while True:
-            with rpc_errors("watching"):
+            with self._calls.track("watching"), rpc_errors("watching"):
                 reply = await grpc_await(self._call.read())
             if reply is grpc.aio.EOF:
                 raise Unavailable("etcd closed the watch stream")
@@ -289,15 +320,29 @@ class EtcdClient:
     """
 
     def __init__(self, channel: Any, *, timeout: float, user: str | None, password: str | None) -> None:
+        self._calls = _Calls()
+        self._use(channel)
+        self.timeout = timeout
+        self._user = user
+        self._password = password
+        self._metadata: tuple[tuple[str, str], ...] | None = None
+
+    def _use(self, channel: Any) -> None:
         self._channel = channel
         self._kv = rpc.KVStub(channel)
         self._lease = rpc.LeaseStub(channel)
         self._watch = rpc.WatchStub(channel)
         self._auth = rpc.AuthStub(channel)
-        self.timeout = timeout
-        self._user = user
-        self._password = password
-        self._metadata: tuple[tuple[str, str], ...] | None = None
+
+    async def replace_channel(self, channel: Any) -> None:
+        """Send every request from now on over ``channel``; abandon the calls and streams
+        under way on the old one (they raise Unavailable) and close it."""
+        old, calls = self._channel, self._calls
+        self._calls = _Calls()
+        self._use(channel)
+        calls.abandon()
+        with anyio.CancelScope(shield=True):
+            await old.close()
 
     async def close(self) -> None:
         """Close the channel, ending every call and stream on it."""
@@ -307,14 +352,14 @@ class EtcdClient:
         """Get an auth token for the user (nothing to do without one)."""
         if self._user is None:
             return
-        with rpc_errors("authentication"):
+        with self._calls.track("authentication"), rpc_errors("authentication"):
             request = rpc.AuthenticateRequest(name=self._user, password=self._password or "")
             reply = await grpc_await(self._auth.Authenticate(request, timeout=self.timeout))
         self._metadata = (("token", str(reply.token)),)
 
     async def _unary(self, method: Any, request: Message, what: str, *, wait_for_ready: bool = False) -> Any:
         kw = {"timeout": self.timeout, "wait_for_ready": wait_for_ready}
-        with rpc_errors(what):
+        with self._calls.track(what), rpc_errors(what):
             try:
                 return await grpc_await(method(request, metadata=self._metadata, **kw))
             except grpc.aio.AioRpcError as exc:
@@ -366,7 +411,7 @@ class EtcdClient:
 
     def keepalive_stream(self) -> KeepAliveStream:
         """Open a ``LeaseKeepAlive`` stream (it connects on first use)."""
-        return KeepAliveStream(self._lease.LeaseKeepAlive(metadata=self._metadata))
+        return KeepAliveStream(self._lease.LeaseKeepAlive(metadata=self._metadata), self._calls)
 
     # -- watches ---------------------------------------------------------------------------
 
@@ -384,9 +429,9 @@ class EtcdClient:
         create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
         if prefix:
             create.range_end = prefix_end(key)
-        call = self._watch.Watch(metadata=self._metadata)
+        call, calls = self._watch.Watch(metadata=self._metadata), self._calls
         try:
-            with anyio.move_on_after(self.timeout) as scope, rpc_errors("watch"):
+            with anyio.move_on_after(self.timeout) as scope, calls.track("watch"), rpc_errors("watch"):
                 await grpc_await(call.write(rpc.WatchRequest(create_request=create)))
                 reply = await grpc_await(call.read())
             if scope.cancelled_caught:
@@ -400,6 +445,6 @@ class EtcdClient:
                 if self._user is not None and "auth" in reason:
                     await self.authenticate()  # the next attempt carries a fresh token
                 raise Unavailable(f"etcd refused the watch: {reason}")
-            yield WatchStream(call, int(reply.header.revision))
+            yield WatchStream(call, int(reply.header.revision), calls)
         finally:
             call.cancel()

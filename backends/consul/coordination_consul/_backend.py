@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 import ssl
@@ -27,7 +26,6 @@ from coordination.abc import (
 )
 from coordination.capabilities import Capability
 from coordination.exceptions import (
-    CoordinationError,
     InvalidName,
     InvalidURL,
     NotHeld,
@@ -168,9 +166,10 @@ class _ConsulSession(BackendSession[_Contender]):
     async def close(self) -> None:
         # Release first: destroying a session that holds keys would put them under
         # lock-delay, which exists for holders that may still be running, not for a clean exit.
+        # Unavailable leaves what is not released yet for the next try (the core retries).
         for contender in [c for queue in self._queues.values() for c in queue if c.maybe_held]:
-            with contextlib.suppress(CoordinationError):
-                await self._release(contender.key)
+            await self._release(contender.key)
+            contender.maybe_held = False
         self._queues.clear()
         await self._http.session_destroy(self.id)
 

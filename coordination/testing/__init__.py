@@ -3,6 +3,8 @@
 * :mod:`coordination.testing.suite` — the test mixins (``LockTests``, ``ElectionTests``,
   ``ConfigTests``, ``SessionTests``, ``BadInputTests``);
 * :mod:`coordination.testing.faults` — ``FaultTests``, the fault suite (marked ``faults``);
+* :mod:`coordination.testing.cluster` — ``ClusterFaultTests``, the cluster fault suite
+  (marked ``faults`` and ``cluster``): nodes of a server cluster killed, cut off, restarted;
 * :class:`CoordinationFixtures` — the fixture base class a backend fills in;
 * :mod:`coordination.testing.plugin` — the pytest plugin (``--coordination-url``,
   ``--coordination-timeout-multiplier``), loaded automatically;
@@ -24,12 +26,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .cluster import ClusterFaultTests
     from .faults import FaultTests
-    from .fixtures import CoordinationFixtures, Harness, Recorder
+    from .fixtures import ClusterHarness, CoordinationFixtures, Harness, Recorder
     from .suite import BadInputTests, ConfigTests, ElectionTests, LockTests, SessionTests
 
 __all__ = [
     "BadInputTests",
+    "ClusterFaultTests",
+    "ClusterHarness",
     "ConfigTests",
     "CoordinationFixtures",
     "ElectionTests",
@@ -41,6 +46,8 @@ __all__ = [
 ]
 
 _WHERE = {
+    "ClusterFaultTests": ".cluster",
+    "ClusterHarness": ".fixtures",
     "CoordinationFixtures": ".fixtures",
     "Harness": ".fixtures",
     "Recorder": ".fixtures",

@@ -7,6 +7,7 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
 import anyio
@@ -20,9 +21,9 @@ from coordination._url import parse_url
 from .holder import HolderEvent, HolderProcess
 from .plugin import CAPABILITY_SKIP_PREFIX, NOT_RUN_PREFIX
 from .proxy import FaultProxy
-from .servers import ServerProcess
+from .servers import ServerCluster, ServerProcess
 
-__all__ = ["CoordinationFixtures", "Harness", "Recorder"]
+__all__ = ["ClusterHarness", "CoordinationFixtures", "Harness", "Recorder"]
 
 T = TypeVar("T")
 
@@ -87,6 +88,50 @@ class Recorder(Generic[T]):
                 await self._changed.wait()
 
         await self._harness.within(seconds, wait(), what)
+
+
+@dataclass
+class ClusterHarness:
+    """What :meth:`Harness.cluster` gives: a running cluster, a fault proxy in front of each
+    of its endpoints, and harnesses on it (the test's namespace and options)."""
+
+    cluster: ServerCluster[Any]
+    proxies: list[FaultProxy]
+    """One :class:`~coordination.testing.proxy.FaultProxy` per endpoint, index-aligned with
+    ``cluster.endpoints``."""
+    via: Harness
+    """A harness whose URL lists every proxy (in endpoint order): for the client under test."""
+    direct: Harness
+    """A harness whose URL lists every endpoint directly: for the other clients."""
+
+    def talked_to(self) -> int:
+        """The index (in ``cluster.endpoints``) of the endpoint that clients of :attr:`via`
+        talk to now: the one whose proxy has the most open connections (ties: the most
+        traffic). AssertionError if no proxy has any."""
+        best = max(
+            range(len(self.proxies)),
+            key=lambda i: (self.proxies[i].open_connections, self.proxies[i].chunks_up),
+        )
+        if self.proxies[best].open_connections == 0:
+            raise AssertionError("no client has an open connection through the cluster's proxies")
+        return best
+
+    def connected_elsewhere(self, index: int) -> bool:
+        """Whether some proxy other than endpoint ``index``'s has an open connection."""
+        return any(proxy.open_connections for i, proxy in enumerate(self.proxies) if i != index)
+
+
+async def _heal_cluster(cluster: ServerCluster[Any], timeout: float) -> None:
+    """Resume paused nodes, start stopped ones (together: a node may wait for a quorum that
+    the others make) and wait until the cluster is healthy."""
+    for node in cluster.members:
+        if node.paused:
+            node.resume()
+    stopped = [node for node in cluster.members if not node.running]
+    async with anyio.create_task_group() as tg:
+        for node in stopped:
+            tg.start_soon(anyio.to_thread.run_sync, node.start)
+    await anyio.to_thread.run_sync(lambda: cluster.wait_healthy(timeout))
 
 
 class Harness:
@@ -161,6 +206,47 @@ class Harness:
         assert port is not None
         async with FaultProxy(host, port) as proxy:
             yield proxy, self.derive(url=_with_hosts(self.url, proxy.address))
+
+    @asynccontextmanager
+    async def cluster(self) -> AsyncIterator[ClusterHarness]:
+        """A running server cluster from :meth:`CoordinationFixtures.new_cluster`, a fault
+        proxy in front of each of its endpoints, and harnesses through the proxies and
+        directly (:class:`ClusterHarness`).
+
+        A cluster that is not started yet is started (in a thread) and closed at the end. A
+        cluster whose nodes already run is lent (a fixture reusing one cluster for several
+        tests): every node is resumed and started again and the cluster healthy before the
+        test, and again after it; it is not closed. Without a cluster the test is reported
+        as not run, naming the reason.
+        """
+        cluster = self.fixtures.new_cluster(self)
+        if cluster is None:
+            not_run(f"the fixture gives no cluster ({self.scheme})")
+        lent = cluster.running
+        healthy = self.t(90)
+        try:
+            if lent:
+                await _heal_cluster(cluster, healthy)
+            else:
+                await anyio.to_thread.run_sync(cluster.start)
+            endpoints = cluster.endpoints
+            async with AsyncExitStack() as stack:
+                proxies = [
+                    await stack.enter_async_context(FaultProxy(endpoint.host, endpoint.port))
+                    for endpoint in endpoints
+                ]
+                yield ClusterHarness(
+                    cluster,
+                    proxies,
+                    self.derive(url=_with_hosts(self.url, ",".join(proxy.address for proxy in proxies))),
+                    self.derive(url=_with_hosts(self.url, ",".join(node.address for node in endpoints))),
+                )
+        finally:
+            with anyio.CancelScope(shield=True):
+                if lent:
+                    await _heal_cluster(cluster, healthy)
+                else:
+                    await anyio.to_thread.run_sync(cluster.close)
 
     @asynccontextmanager
     async def dedicated_server(self) -> AsyncIterator[Harness]:
@@ -285,7 +371,10 @@ class CoordinationFixtures:
     :meth:`fault_options`, :meth:`new_server` (a server of a test's own to pause, kill and
     restart), :meth:`leftovers` (what cancelled or failed acquires left on the server) and,
     where the backend compacts its history, :attr:`history_compaction` and :meth:`compact`.
-    What a fixture does not give is reported by name, never skipped silently.
+    The cluster fault suite (:class:`~coordination.testing.cluster.ClusterFaultTests`)
+    reads :meth:`new_cluster` (a cluster to kill, cut off and restart nodes of) and
+    :meth:`cluster_options`. What a fixture does not give is reported by name, never
+    skipped silently.
     """
 
     @pytest.fixture
@@ -317,6 +406,23 @@ class CoordinationFixtures:
         """The session options of the fault suite (:class:`~coordination.testing.faults.FaultTests`):
         ``options`` with a 2 s TTL and operation timeout, so that losses come fast."""
         return {**options, "ttl": 2.0, "timeout": 2.0}
+
+    def new_cluster(self, harness: Harness) -> ServerCluster[Any] | None:
+        """A server cluster for the cluster fault suite
+        (:class:`~coordination.testing.cluster.ClusterFaultTests`), whose nodes it kills,
+        cuts off and restarts: a new one, not started (the suite starts and closes it), or a
+        running one the fixture reuses for several tests (the suite brings every node back
+        and waits until it is healthy before and after each test, and leaves it running).
+
+        ``None`` (the default): the cluster tests are reported as not run.
+        """
+        return None
+
+    def cluster_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The session options of the cluster fault suite: ``options`` with a 5 s TTL (long
+        enough for a client to move to another node before its session can expire) and a
+        3 s operation timeout."""
+        return {**options, "ttl": 5.0, "timeout": 3.0}
 
     def new_server(self, harness: Harness) -> ServerProcess | None:
         """A new, not yet started server like the one under test, for one fault test that

@@ -1,16 +1,19 @@
 """A lock holder in its own process, for crash, pause and soak tests, and its parent side.
 
 ``python -m coordination.testing.holder URL NAME [options]`` connects, acquires the lock
-``NAME`` and reports on stdout, one line per event, ``<event> <token or -> <time> [detail]``:
+``NAME`` (or, with ``--election VALUE``, campaigns in the election ``NAME`` with ``VALUE``)
+and reports on stdout, one line per event, ``<event> <token or -> <time> [detail]``:
 
 =============== ==================================================================
+``acquiring``   about to acquire the lock (or campaign): from here on it waits
 ``held``        acquired the lock (a fenced resource takes it as the first write)
 ``write``       a fenced write attempt with the token (every ``--write-every`` s, from
                 a worker thread, as blocking I/O would be)
 ``releasing``   about to release (the guarded action ends here)
 ``released``    released
 ``cancelled``   the body was cancelled (the lock was lost)
-``lost``        ``LockLost`` was raised at the exit of the body (the detail: its message)
+``lost``        ``LockLost`` (``LeadershipLost``) was raised at the exit of the body (the
+                detail: its message)
 ``state``       the session state changed (the detail is its name)
 ``blocked``     about to block the event loop (command ``block``)
 ``unblocked``   the loop runs again
@@ -40,6 +43,20 @@ commands on stdin, one per line:
 
 Without ``--loop`` the process exits after the hold: status 0 after a release, 3 after a
 loss.
+
+With an election (``--election VALUE``) the events are the same, with the leadership's
+token; releasing is resigning.
+
+``--spans PATH`` appends the holder's spans to a log file that several holders share, one
+line each, written with a single ``os.write`` on an ``O_APPEND`` descriptor (so lines of
+different processes never interleave)::
+
+    <label> <token> <start> - acquired            when it acquired
+    <label> <token> <start> <end> released        at the ``releasing`` point
+    <label> <token> <start> <end> lost            when the body was cancelled (it knew then)
+
+``<label>`` is ``--label`` (default: the process id), times are ``time.monotonic()``.
+:func:`read_spans` reads such a log back.
 """
 
 from __future__ import annotations
@@ -56,7 +73,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -64,9 +81,9 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import coordination
-from coordination import HeldLock, LockLost
+from coordination import HeldLock, Leadership, LeadershipLost, LockLost
 
-__all__ = ["HolderEvent", "HolderProcess", "main", "parse_event"]
+__all__ = ["HolderEvent", "HolderProcess", "Span", "main", "parse_event", "read_spans"]
 
 LOST_STATUS = 3
 
@@ -77,14 +94,17 @@ LOST_STATUS = 3
 _output = threading.Lock()
 
 
-def _emit(event: str, token: int | None = None, detail: str = "") -> None:
+def _emit(event: str, token: int | None = None, detail: str = "") -> float:
+    """Report one event; its time."""
     # time.monotonic() is CLOCK_MONOTONIC on Linux: comparable across processes of one machine.
-    line = f"{event} {'-' if token is None else token} {time.monotonic():.6f}"
+    at = time.monotonic()
+    line = f"{event} {'-' if token is None else token} {at:.6f}"
     # One write per line, under a lock: the worker thread reports too, and print() writes the
     # text and its newline separately, so two threads could interleave them.
     with _output:
         sys.stdout.write(f"{line} {detail}\n" if detail else f"{line}\n")
         sys.stdout.flush()
+    return at
 
 
 def _work(seconds: float, token: int) -> None:
@@ -115,13 +135,32 @@ class _Stdin:
         return line.decode().strip()
 
 
+class _SpanLog:
+    """The shared span log: one ``os.write`` per line on an ``O_APPEND`` descriptor."""
+
+    def __init__(self, path: str, label: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._label = label
+
+    def _write(self, line: str) -> None:
+        os.write(self._fd, f"{self._label} {line}\n".encode())
+
+    def acquired(self, token: int, start: float) -> None:
+        self._write(f"{token} {start:.6f} - acquired")
+
+    def ended(self, token: int, start: float, end: float, how: str) -> None:
+        self._write(f"{token} {start:.6f} {end:.6f} {how}")
+
+
 class _Holder:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.current: HeldLock | None = None
+        self.current: HeldLock | Leadership | None = None
         self.release_now = anyio.Event()
         self.stdin = _Stdin()
         self.status = 0
+        label = args.label if args.label is not None else str(os.getpid())
+        self.spans = None if args.spans is None else _SpanLog(args.spans, label)
 
     async def run(self) -> None:
         args = self.args
@@ -129,39 +168,53 @@ class _Holder:
             tg.start_soon(self._report_states, coord)
             if args.commands:
                 tg.start_soon(self._commands, tg)
-            lock = coord.lock(args.name)
+            if args.election is None:
+                acquire: Callable[[], Awaitable[HeldLock | Leadership]] = coord.lock(args.name).acquire
+            else:
+                election, value = coord.election(args.name), args.election.encode()
+
+                async def acquire() -> HeldLock | Leadership:
+                    return await election.campaign(value)
+
             while True:
-                lost = await self._hold_once(lock)
+                lost = await self._hold_once(acquire)
                 if not args.loop:
                     self.status = LOST_STATUS if lost else 0
                     break
                 await anyio.sleep(args.rest)
             tg.cancel_scope.cancel()
 
-    async def _hold_once(self, lock: coordination.Lock) -> bool:
-        """Acquire, hold (writing), release; True if the lock was lost instead."""
+    async def _hold_once(self, acquire: Callable[[], Awaitable[HeldLock | Leadership]]) -> bool:
+        """Acquire (or lead), hold (writing), release; True if the holding was lost instead."""
         self.release_now = anyio.Event()
-        held = await lock.acquire()
+        _emit("acquiring")
+        held = await acquire()
         token = held.token
         try:
             async with held:
                 self.current = held
-                _emit("held", token)
+                start = _emit("held", token)
+                if self.spans is not None:
+                    self.spans.acquired(token, start)
                 try:
                     await self._body(held)
                 except anyio.get_cancelled_exc_class():
-                    _emit("cancelled", token)
+                    end = _emit("cancelled", token)
+                    if self.spans is not None:
+                        self.spans.ended(token, start, end, "lost")
                     raise
-                _emit("releasing", token)
+                end = _emit("releasing", token)
+                if self.spans is not None:
+                    self.spans.ended(token, start, end, "released")
                 self.current = None
-        except LockLost as exc:
+        except (LockLost, LeadershipLost) as exc:
             self.current = None
             _emit("lost", token, str(exc))
             return True
         _emit("released", token)
         return False
 
-    async def _body(self, held: HeldLock) -> None:
+    async def _body(self, held: HeldLock | Leadership) -> None:
         args = self.args
         every = args.write_every
         hold = math.inf if args.hold is None else random.uniform(*args.hold)
@@ -209,6 +262,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--loop", action="store_true")
     parser.add_argument("--rest", type=float, default=0.0, metavar="S")
     parser.add_argument("--commands", action="store_true")
+    parser.add_argument(
+        "--election", default=None, metavar="VALUE", help="campaign with VALUE instead of locking"
+    )
+    parser.add_argument("--spans", default=None, metavar="PATH", help="append each held span to this log")
+    parser.add_argument("--label", default=None, help="this holder's name in the span log (default: its pid)")
     args = parser.parse_args(argv)
     holder = _Holder(args)
     try:
@@ -240,6 +298,38 @@ def parse_event(line: str) -> HolderEvent:
     """Parse one line a holder printed."""
     kind, token, at, *detail = line.split(maxsplit=3)
     return HolderEvent(kind, None if token == "-" else int(token), float(at), detail[0] if detail else "")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One holding of one holder, from a span log (``--spans``): ``end`` is ``None`` while
+    it was still held (or the holder died holding it); ``how`` is ``released``, ``lost`` or
+    ``held``."""
+
+    label: str
+    token: int
+    start: float
+    end: float | None
+    how: str
+
+
+def read_spans(path: str | os.PathLike[str]) -> list[Span]:
+    """The spans of a shared span log, in start order (an acquired line without its end
+    line is a span still ``held``)."""
+    spans: dict[tuple[str, int, str], Span] = {}
+    try:
+        with open(path) as log:
+            lines = log.read().splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        label, token, start, end, how = line.split()
+        key = (label, int(token), start)
+        if how == "acquired":
+            spans.setdefault(key, Span(label, int(token), float(start), None, "held"))
+        else:
+            spans[key] = Span(label, int(token), float(start), float(end), how)
+    return sorted(spans.values(), key=lambda span: span.start)
 
 
 class HolderProcess:
@@ -348,6 +438,28 @@ class HolderProcess:
                     )
                 await self._changed.wait()
         raise TimeoutError(f"{self.label} did not report {kind!r} within {timeout:g}s")
+
+    async def first(
+        self, matches: Callable[[HolderEvent], bool], timeout: float, what: str = ""
+    ) -> HolderEvent:
+        """The first event so far or to come that ``matches``; TimeoutError after ``timeout`` s."""
+        start = 0
+        with anyio.move_on_after(timeout):
+            while True:
+                for event in self.events[start:]:
+                    if matches(event):
+                        return event
+                start = len(self.events)
+                if self.exited.is_set():
+                    raise AssertionError(
+                        f"{self.label} exited (status {self.returncode}) before reporting {what}"
+                    )
+                await self._changed.wait()
+        raise TimeoutError(f"{self.label} did not report {what} within {timeout:g}s")
+
+    def states(self, after: float = -math.inf) -> list[HolderEvent]:
+        """The session states the holder reported (at or after ``after``)."""
+        return [event for event in self.events if event.kind == "state" and event.at >= after]
 
     async def wait(self, timeout: float) -> int:
         """Wait for the process to exit; its status."""

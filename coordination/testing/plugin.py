@@ -1,7 +1,7 @@
 """pytest plugin (loaded through the ``pytest11`` entry point): conformance-suite options.
 
-Adds ``--coordination-url`` and ``--coordination-timeout-multiplier``, the ``requires`` and
-``faults`` markers, a summary of the tests a backend or its fixture cannot run (a capability
+Adds ``--coordination-url`` and ``--coordination-timeout-multiplier``, the ``requires``,
+``faults`` and ``cluster`` markers, a summary of the tests a backend or its fixture cannot run (a capability
 the backend lacks, a server the fixture does not control, ...), and the figures fault tests
 measured (failover and loss latencies).
 """
@@ -24,6 +24,14 @@ FIGURES = {
     "suspended_after_cut_seconds": "SUSPENDED after cut",
     "lost_after_deadline_seconds": "LOST after deadline",
     "late_writes_refused": "late writes refused",
+    "kept": "kept",
+    "suspended_seconds": "SUSPENDED for",
+    "moved_after_seconds": "moved after",
+    "leader_elected_seconds": "new leader after",
+    "holder_on_leader": "holder on the leader",
+    "lost_after_quorum_seconds": "LOST after quorum loss",
+    "handover_seconds": "handover",
+    "overlaps": "overlaps",
 }
 """``user_properties`` of fault tests shown in the figures summary, with their labels."""
 
@@ -49,6 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "faults: a fault test (crashed, paused or cut-off holders and servers); -m faults"
+    )
+    config.addinivalue_line(
+        "markers", "cluster: a fault test on a server cluster (nodes killed, cut off, restarted); -m cluster"
     )
 
 
@@ -85,16 +96,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for what, count in sorted(not_run.items()):
             terminalreporter.write_line(f"{count} test(s): {what}")
     figures = []
-    for report in terminalreporter.stats.get("passed", []):
-        if getattr(report, "when", "call") != "call":
-            continue
-        shown = [
-            f"{FIGURES[key]} {value}"
-            for key, value in getattr(report, "user_properties", ())
-            if key in FIGURES
-        ]
-        if shown:
-            figures.append(f"{report.nodeid}: {', '.join(shown)}")
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") != "call":
+                continue
+            shown = [
+                f"{FIGURES[key]} {value}"
+                for key, value in getattr(report, "user_properties", ())
+                if key in FIGURES
+            ]
+            if shown:
+                failed = " (failed)" if outcome == "failed" else ""
+                figures.append(f"{report.nodeid}{failed}: {', '.join(shown)}")
     if figures:
         terminalreporter.section("coordination: fault figures (seconds)")
         for line in figures:

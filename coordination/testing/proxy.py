@@ -98,6 +98,11 @@ class FaultProxy:
         self._tg: TaskGroup | None = None
 
     @property
+    def open_connections(self) -> int:
+        """How many proxied connections are open now (to see which node a client talks to)."""
+        return len(self._links)
+
+    @property
     def address(self) -> str:
         """``host:port`` to give the client instead of the server's."""
         return f"{self.listen_host}:{self.port}"

@@ -339,7 +339,8 @@ class Coordinator:
             while True:
                 await self._keep(session)
                 assert self._tg is not None
-                self._tg.start_soon(self._close_lost_session, session)
+                retry_for = 2 * max(self._ttl, session.bs.ttl) + self._timeout
+                self._tg.start_soon(self._close_session, session, retry_for)
                 session = await self._reopen()
                 self._install(session)
 
@@ -435,20 +436,14 @@ class Coordinator:
                 log.info("opened session %s after %d failed attempts", session.bs.id, failures)
             return session
 
-    async def _close_session(self, session: _Session) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
-            try:
-                await session.bs.close()
-            except Exception as exc:  # the server expires it at its TTL anyway
-                log.info("closing session %s failed: %r", session.bs.id, exc)
+    async def _close_session(self, session: _Session, retry_for: float = 0.0) -> None:
+        """End ``session`` on the server, best effort (the server expires it at its TTL anyway).
 
-    async def _close_lost_session(self, session: _Session) -> None:
-        """Close a session lost locally, again and again while the server is out of reach:
-        until it is closed, the server keeps its locks from everyone (up to twice its TTL,
-        then Consul's lock-delay), although nobody uses them any more."""
-        backoff = Backoff(first=0.1)
-        give_up = time.monotonic() + 2 * max(self._ttl, session.bs.ttl) + self._timeout
-        failures = 0
+        With ``retry_for``, try again while the server is out of reach, for that long: until a
+        session lost locally is closed, the server keeps its locks from everyone (up to twice
+        its TTL, then Consul's lock-delay), although nobody uses them any more.
+        """
+        backoff, give_up, failures = Backoff(first=0.1), time.monotonic() + retry_for, 0
         while True:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
                 try:
@@ -457,12 +452,11 @@ class Coordinator:
                 except _TRANSIENT as exc:
                     failures += 1
                     if failures == 1:
-                        log.info("closing lost session %s failed, retrying: %r", session.bs.id, exc)
-                except Exception as exc:  # the server expires it at its TTL anyway
-                    log.info("closing lost session %s failed: %r", session.bs.id, exc)
+                        log.info("closing session %s failed: %r", session.bs.id, exc)
+                except Exception as exc:
+                    log.info("closing session %s failed: %r", session.bs.id, exc)
                     return
             if time.monotonic() >= give_up:
-                log.info("gave up closing lost session %s: the server expires it", session.bs.id)
                 return
             await backoff.wait()
 

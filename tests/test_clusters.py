@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal, TypeVar
 
 import pytest
+from test_servers import http
 
 from coordination.testing.servers import (
     ConsulCluster,
@@ -27,16 +26,6 @@ from coordination.testing.servers import (
 )
 
 T = TypeVar("T")
-
-
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.read()
 
 
 def eventually(check: Callable[[], T], timeout: float = 15.0) -> T:

@@ -396,8 +396,8 @@ class ClusterFaultTests:
     async def test_client_node_killed(
         self, cluster_harness: Harness, request: pytest.FixtureRequest, tmp_path: Path, kind: Kind
     ) -> None:
-        """SIGKILL the node the holder talks to: it shows SUSPENDED, moves to another node
-        (CONNECTED again) and keeps its holding."""
+        """SIGKILL the node the holder talks to: it moves to another node (CONNECTED there;
+        SUSPENDED on the way if a keepalive failed) and keeps its holding."""
         await self._client_node_fault(cluster_harness, request, tmp_path, kind, "kill")
 
     @asyncio

@@ -581,17 +581,26 @@ class Coordinator:
         return None
 
     async def withdraw(self, session: _Session, contender: Any) -> None:
-        """Withdraw a contender now; if the backend is unreachable, keep trying in the background."""
+        """Withdraw a contender now, trying again through a reconnect for up to the operation
+        timeout; if the backend is still unreachable, keep trying in the background."""
         with anyio.CancelScope(shield=True):
-            try:
-                await self.call(session.bs.withdraw(contender), "withdrawing")
-            except SessionExpired:
-                pass
-            except _TRANSIENT as exc:
-                if session.lost.is_set() or self._tg is None:
+            deadline, backoff = time.monotonic() + self._timeout, Backoff()
+            while True:
+                try:
+                    with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+                        await session.bs.withdraw(contender)
                     return
-                log.info("withdraw failed, retrying in the background: %r", exc)
-                self._tg.start_soon(self._withdraw_later, session, contender)
+                except SessionExpired:
+                    return
+                except (*_TRANSIENT, TimeoutError) as exc:
+                    if session.lost.is_set() or self._tg is None:
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= backoff.delay:
+                        log.info("withdraw failed, retrying in the background: %r", exc)
+                        self._tg.start_soon(self._withdraw_later, session, contender)
+                        return
+                    await backoff.wait(at_most=remaining)
 
     async def _withdraw_later(self, session: _Session, contender: Any) -> None:
         backoff = Backoff(first=0.1)

@@ -434,3 +434,52 @@ def test_options_are_checked_before_any_io(monkeypatch: pytest.MonkeyPatch) -> N
     assert isinstance(backend, EtcdBackend)
     assert (backend._user, backend._password) == ("bob", "pw")
     assert "pw" not in repr(coordination.connect("etcd://bob:pw@h/ns"))
+
+
+@asyncio
+async def test_watches_and_waiters_go_on_across_failovers(etcd_server: EtcdProcess, namespace: str) -> None:
+    """A failover replaces the channel (two in a row close the first): an idle watch, an idle
+    observe and a waiting acquire on the old channel go on, on the new one, and end with no
+    error of their own."""
+    async with (
+        FaultProxy(etcd_server.host, etcd_server.port) as first,
+        FaultProxy(etcd_server.host, etcd_server.port) as second,
+        sessions(etcd_server.url + f"/{namespace}", 1) as (other,),
+        sessions(f"etcd://{first.address},{second.address}/{namespace}", 1, ttl=20) as (moving,),
+    ):
+        cfg = other.config("moved")
+        v0 = await cfg.set(b"0")
+        held = await other.lock("moved").acquire()
+        seen: list[Versioned | None] = []
+        leaders: list[Leader | None] = []
+        got: list[coordination.HeldLock] = []
+        changes = Changes()
+
+        async def observe() -> None:
+            async for leader in moving.election("moved-e").observe():
+                leaders.append(leader)
+                changes.changed()
+
+        async def wait() -> None:
+            got.append(await moving.lock("moved").acquire())
+            changes.changed()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_into, seen, changes, moving.config("moved").watch())
+            tg.start_soon(observe)
+            tg.start_soon(wait)
+            await changes.until(lambda: len(seen) == 1 and len(leaders) == 1)
+            await wait_for_keys(client_of(other), f"{namespace}/moved/".encode(), 2)  # the waiter is queued
+            backend = moving._backend
+            for _ in range(2):  # the second replacement closes the first channel
+                await backend.failover("a test moves the client on")
+            v1 = await cfg.set(b"1")
+            leadership = await other.election("moved-e").campaign(b"e")
+            await held.release()
+            await changes.until(lambda: len(seen) == 2 and len(leaders) == 2 and len(got) == 1, 15)
+            tg.cancel_scope.cancel()
+        assert seen == [Versioned(b"0", v0), Versioned(b"1", v1)]
+        assert leaders == [None, Leader(b"e", leadership.token)]
+        assert got[0].token > held.token
+        await got[0].release()
+        await leadership.resign()

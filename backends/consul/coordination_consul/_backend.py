@@ -26,6 +26,7 @@ from coordination.abc import (
 )
 from coordination.capabilities import Capability
 from coordination.exceptions import (
+    CoordinationError,
     InvalidName,
     InvalidURL,
     NotHeld,
@@ -166,12 +167,18 @@ class _ConsulSession(BackendSession[_Contender]):
     async def close(self) -> None:
         # Release first: destroying a session that holds keys would put them under
         # lock-delay, which exists for holders that may still be running, not for a clean exit.
-        # Unavailable leaves what is not released yet for the next try (the core retries).
+        # What could not be released is kept for the next try (the core retries a lost
+        # session's close); destroying the session frees it anyway, under the lock-delay.
+        released = True
         for contender in [c for queue in self._queues.values() for c in queue if c.maybe_held]:
-            await self._release(contender.key)
-            contender.maybe_held = False
-        self._queues.clear()
+            try:
+                await self._release(contender.key)
+                contender.maybe_held = False
+            except CoordinationError:
+                released = False
         await self._http.session_destroy(self.id)
+        if released:
+            self._queues.clear()
 
     async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
         await anyio.lowlevel.checkpoint()
@@ -333,8 +340,7 @@ class ConsulBackend(Backend):
     option       default              meaning
     ============ ==================== ======================================================
     ttl          15                   session TTL, seconds (Consul allows its
-                                      ``session_ttl_min``, 10 s by default, to 24 h);
-                                      renewed every ``ttl/2``
+                                      ``session_ttl_min``, 10 s by default, to 24 h)
     lock_delay   15                   session lock-delay, seconds (0.5 to 60): after a session
                                       holding a lock is invalidated, nobody can take that
                                       lock for this long; sessions are renewed every third
@@ -398,7 +404,7 @@ class ConsulBackend(Backend):
     capabilities = frozenset({Capability.CROSS_PROCESS, Capability.EXPIRE_SESSION})
     options: ClassVar[Mapping[str, Option]] = {
         **COMMON_OPTIONS,
-        "ttl": Option(float, 15.0, "Session TTL in seconds, renewed every ttl/2.", minimum=0.1),
+        "ttl": Option(float, 15.0, "Session TTL in seconds.", minimum=0.1),
         "lock_delay": Option(
             float, 15.0, "Session lock-delay in seconds (0.5 to 60).", minimum=0.0, check=_lock_delay
         ),

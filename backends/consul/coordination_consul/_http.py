@@ -166,17 +166,20 @@ class ConsulHTTP:
         if http.current == index:
             http.rotate()
 
-    async def _request(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _request(self, make: Callable[[], Awaitable[T]], *, abandonable: bool = True) -> T:
         """Run one request (``make`` calls py-consul), mapping its errors.
 
         A connection that cannot be made at all means the request never left: the next
         host of the URL gets it. After any other connection failure the next requests go
-        to the next host.
+        to the next host. An ``abandonable`` request is ended by :meth:`move_off`; a write
+        is not (``abandonable=False``): abandoned on a host that hangs, it could still be
+        applied there later, after the clean-up its failure leads to.
         """
         http = self._http
         for attempt in range(len(http.hosts)):
             host, scope = http.current, anyio.CancelScope()
-            self._in_flight[scope] = host
+            if abandonable:
+                self._in_flight[scope] = host
             try:
                 with scope, map_errors(_ERRORS):
                     return await make()
@@ -185,14 +188,15 @@ class ConsulHTTP:
                 cause = exc.__cause__
                 if len(http.hosts) == 1 or not isinstance(cause, aiohttp.ClientConnectionError):
                     raise
-                http.rotate()
+                if http.current == host:  # not moved on already by another request
+                    http.rotate()
                 if not isinstance(cause, aiohttp.ClientConnectorError) or attempt + 1 == len(http.hosts):
                     raise
             finally:
-                del self._in_flight[scope]
+                self._in_flight.pop(scope, None)
         raise AssertionError("unreachable")
 
-    async def _put(self, path: str, data: str) -> _Response:
+    async def _put(self, path: str, data: str, *, abandonable: bool = True) -> _Response:
         """``PUT path`` through py-consul's HTTP layer, with the token header and ``dc``."""
         params = [("dc", self._dc)] if self._dc else []
 
@@ -201,7 +205,8 @@ class ConsulHTTP:
 
         headers = self._consul.prepare_headers()
         return await self._request(
-            lambda: self._http.put(keep, path, params=params, data=data, headers=headers)
+            lambda: self._http.put(keep, path, params=params, data=data, headers=headers),
+            abandonable=abandonable,
         )
 
     @staticmethod
@@ -226,8 +231,9 @@ class ConsulHTTP:
             return (KVPair.from_json(raw) if raw else None), int(new_index)
 
     async def txn(self, ops: list[dict[str, Any]], what: str) -> TxnOutcome:
-        """Apply KV operations atomically (``PUT /v1/txn``); a 409 is a failed outcome."""
-        response = await self._put("/v1/txn", json.dumps(ops))
+        """Apply KV operations atomically (``PUT /v1/txn``); a 409 is a failed outcome.
+        Never abandoned by :meth:`move_off` (locks, releases and writes are transactions)."""
+        response = await self._put("/v1/txn", json.dumps(ops), abandonable=False)
         if response.status not in (200, 409):
             raise self._refused(what, response)
         with map_errors(_ERRORS):

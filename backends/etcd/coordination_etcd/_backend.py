@@ -502,8 +502,8 @@ class EtcdBackend(Backend):
         lease would have run out. The calls still waiting on it are abandoned and retried.
         """
         client = self._client
-        if client is None:
-            return
+        if client is None or len(self._targets) < 2:
+            return  # one host: gRPC reconnects to it by itself
         self._targets.append(self._targets.pop(0))
         log.info("moving to etcd %s: %s", self._targets[0], reason)
         await client.replace_channel(open_channel(self._targets[0], *self._channel_args))

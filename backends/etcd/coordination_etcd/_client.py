@@ -156,6 +156,11 @@ async def grpc_await(awaitable: Awaitable[T]) -> T:
         return await awaitable
     except asyncio.CancelledError:
         await anyio.lowlevel.checkpoint()
+        task = asyncio.current_task()
+        if task is not None and not task.cancelling():
+            # Nobody cancelled this task: gRPC cancelled the call itself, as it does to every
+            # call on a channel being closed (see EtcdClient.replace_channel).
+            raise Unavailable("the etcd call was cancelled with its channel") from None
         raise
 
 
@@ -238,14 +243,22 @@ class _Calls:
 
     A member that hangs (a partition, a frozen host) leaves its connection open: gRPC would
     wait for its own keepalive to time out before failing the calls on it. Abandoned calls
-    raise :class:`~coordination.Unavailable` at once and are retried on the new channel.
+    raise :class:`~coordination.Unavailable` at once and are retried on the new channel, and
+    so does every later call of a stream that began on the old one.
+
+    Only reads and streams are tracked: a write abandoned on a member that hangs could still
+    be applied there later, after the clean-up that its failure leads to. Writes run on the
+    old channel until their own deadline.
     """
 
     def __init__(self) -> None:
         self._scopes: set[anyio.CancelScope] = set()
+        self.abandoned = False
 
     @contextlib.contextmanager
     def track(self, what: str) -> Iterator[None]:
+        if self.abandoned:
+            raise Unavailable(f"etcd {what}: the stream began on a connection since abandoned")
         scope = anyio.CancelScope()
         self._scopes.add(scope)
         try:
@@ -257,6 +270,7 @@ class _Calls:
             raise Unavailable(f"etcd {what}: abandoned with the connection to a member that did not answer")
 
     def abandon(self) -> None:
+        self.abandoned = True
         scopes, self._scopes = self._scopes, set()
         for scope in scopes:
             scope.cancel()
@@ -321,6 +335,7 @@ class EtcdClient:
 
     def __init__(self, channel: Any, *, timeout: float, user: str | None, password: str | None) -> None:
         self._calls = _Calls()
+        self._retired: Any = None
         self._use(channel)
         self.timeout = timeout
         self._user = user
@@ -335,17 +350,24 @@ class EtcdClient:
         self._auth = rpc.AuthStub(channel)
 
     async def replace_channel(self, channel: Any) -> None:
-        """Send every request from now on over ``channel``; abandon the calls and streams
-        under way on the old one (they raise Unavailable) and close it."""
+        """Send every request from now on over ``channel`` and abandon the reads and streams
+        under way on the old one (they raise Unavailable). The old channel is closed at the
+        next replacement (or :meth:`close`): writes still under way on it end at their
+        deadline, not earlier."""
         old, calls = self._channel, self._calls
+        retired, self._retired = self._retired, old
         self._calls = _Calls()
         self._use(channel)
         calls.abandon()
-        with anyio.CancelScope(shield=True):
-            await old.close()
+        if retired is not None:
+            with anyio.CancelScope(shield=True):
+                await retired.close()
 
     async def close(self) -> None:
         """Close the channel, ending every call and stream on it."""
+        retired, self._retired = self._retired, None
+        if retired is not None:
+            await retired.close()
         await self._channel.close()
 
     async def authenticate(self) -> None:
@@ -357,9 +379,14 @@ class EtcdClient:
             reply = await grpc_await(self._auth.Authenticate(request, timeout=self.timeout))
         self._metadata = (("token", str(reply.token)),)
 
-    async def _unary(self, method: Any, request: Message, what: str, *, wait_for_ready: bool = False) -> Any:
+    async def _unary(
+        self, method: Any, request: Message, what: str, *, write: bool = True, wait_for_ready: bool = False
+    ) -> Any:
+        """One unary call with the operation deadline; a read (``write=False``) is abandoned
+        with its channel (see :class:`_Calls`), a write is not."""
         kw = {"timeout": self.timeout, "wait_for_ready": wait_for_ready}
-        with self._calls.track(what), rpc_errors(what):
+        tracked = contextlib.nullcontext() if write else self._calls.track(what)
+        with tracked, rpc_errors(what):
             try:
                 return await grpc_await(method(request, metadata=self._metadata, **kw))
             except grpc.aio.AioRpcError as exc:
@@ -371,7 +398,7 @@ class EtcdClient:
     # -- key-value -------------------------------------------------------------------------
 
     async def range(self, request: Message) -> RangeResponse:
-        reply: RangeResponse = await self._unary(self._kv.Range, request, "range")
+        reply: RangeResponse = await self._unary(self._kv.Range, request, "range", write=False)
         return reply
 
     async def txn(

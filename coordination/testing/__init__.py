@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .cluster import ClusterFaultTests
     from .faults import FaultTests
-    from .fixtures import ClusterHarness, CoordinationFixtures, Harness, Recorder
+    from .fixtures import ClusterHarness, CoordinationFixtures, Harness, Recorder, SharedCluster
     from .suite import BadInputTests, ConfigTests, ElectionTests, LockTests, SessionTests
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "LockTests",
     "Recorder",
     "SessionTests",
+    "SharedCluster",
 ]
 
 _WHERE = {
@@ -51,6 +52,7 @@ _WHERE = {
     "CoordinationFixtures": ".fixtures",
     "Harness": ".fixtures",
     "Recorder": ".fixtures",
+    "SharedCluster": ".fixtures",
     "FaultTests": ".faults",
     "BadInputTests": ".suite",
     "ConfigTests": ".suite",

@@ -23,7 +23,7 @@ from .plugin import CAPABILITY_SKIP_PREFIX, NOT_RUN_PREFIX
 from .proxy import FaultProxy
 from .servers import ServerCluster, ServerProcess
 
-__all__ = ["ClusterHarness", "CoordinationFixtures", "Harness", "Recorder"]
+__all__ = ["ClusterHarness", "CoordinationFixtures", "Harness", "Recorder", "SharedCluster"]
 
 T = TypeVar("T")
 
@@ -414,7 +414,8 @@ class CoordinationFixtures:
         running one the fixture reuses for several tests (the suite brings every node back
         and waits until it is healthy before and after each test, and leaves it running).
 
-        ``None`` (the default): the cluster tests are reported as not run.
+        ``None`` (the default): the cluster tests are reported as not run. The
+        :class:`SharedCluster` mixin lends one cluster to every test of a module.
         """
         return None
 
@@ -477,3 +478,35 @@ class CoordinationFixtures:
                         f"{CAPABILITY_SKIP_PREFIX} {capability.name} ({harness.backend_class.scheme})"
                     )
         return harness
+
+
+class SharedCluster:
+    """A mixin for a fixture class whose cluster tests share one running cluster, put before
+    the backend's fixture class::
+
+        @pytest.fixture(scope="module")
+        def shared_cluster() -> Iterator[EtcdCluster]:
+            with EtcdCluster() as cluster:
+                yield cluster
+
+        class TestClusterFaults(ClusterFaultTests, SharedCluster, EtcdFixtures): pass
+
+    The test module (or a conftest) supplies the fixture ``shared_cluster``, a started
+    cluster. Each test gets it lent: every node running and the cluster healthy before and
+    after the test (see :meth:`Harness.cluster`); the URL under test is the cluster's.
+    """
+
+    @pytest.fixture
+    def coordination_url(self, shared_cluster: ServerCluster[Any]) -> str:
+        return shared_cluster.url
+
+    @pytest.fixture
+    def server(self) -> None:
+        return None  # the cluster's nodes are controlled through ClusterHarness, not one server
+
+    @pytest.fixture(autouse=True)
+    def _lend_shared_cluster(self, shared_cluster: ServerCluster[Any]) -> None:
+        self._shared_cluster = shared_cluster
+
+    def new_cluster(self, harness: Harness) -> ServerCluster[Any]:
+        return self._shared_cluster

@@ -39,7 +39,6 @@ import pytest
 from .checker import FencedResource
 from .fixtures import ClusterHarness, Harness
 from .holder import HolderEvent, HolderProcess, Span, read_spans
-from .servers import ServerProcess
 
 __all__ = ["ClusterFaultTests"]
 
@@ -311,16 +310,6 @@ class ClusterFaultTests:
             assert taken.token > scene.token, f"{label} took token {taken.token}, not above H's {scene.token}"
         self._check_kept(request, scene, releasing)
 
-    async def _revive(self, h: Harness, c: ClusterHarness, node: ServerProcess) -> None:
-        """Start ``node`` again (on its data) and wait until the cluster is healthy."""
-
-        def revive() -> None:
-            if not node.running:
-                node.start()
-            c.cluster.wait_healthy(h.t(60))
-
-        await anyio.to_thread.run_sync(revive)
-
     @asyncio
     @kinds
     async def test_leader_killed(
@@ -346,7 +335,7 @@ class ClusterFaultTests:
                 index = c.cluster.endpoints.index(node)
                 moved = await scene.moved_off(index, began, float(h.options["ttl"]) + 5, why)
                 self._figures(request, moved_after_seconds=round(moved - began, 3))
-            await self._revive(h, c, node)
+            await c.heal(60)
             return began
 
         await self._kept(h, request, tmp_path, kind, fault)
@@ -384,7 +373,7 @@ class ClusterFaultTests:
             finally:
                 with anyio.CancelScope(shield=True):
                     if how == "kill":
-                        await self._revive(h, c, endpoint)
+                        await c.heal(60)
                     else:
                         proxy.heal()
             return began
@@ -481,10 +470,7 @@ class ClusterFaultTests:
             finally:
                 with anyio.CancelScope(shield=True):
                     back = time.monotonic()
-                    async with anyio.create_task_group() as tg:  # together: each waits for a quorum
-                        for node in victims:
-                            tg.start_soon(anyio.to_thread.run_sync, node.start)
-                    await anyio.to_thread.run_sync(functools.partial(c.cluster.wait_healthy, h.t(90)))
+                    await c.heal(90)  # the victims start together: each waits for a quorum
             label, taken = await scene.taken_after(
                 began, h.failover_bound + 30, "a contender holding after the quorum came back"
             )

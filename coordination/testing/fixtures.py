@@ -120,6 +120,11 @@ class ClusterHarness:
         """Whether some proxy other than endpoint ``index``'s has an open connection."""
         return any(proxy.open_connections for i, proxy in enumerate(self.proxies) if i != index)
 
+    async def heal(self, seconds: float) -> None:
+        """Resume paused nodes, start stopped ones (on their data) and wait, up to
+        ``seconds`` (scaled), until the cluster is healthy."""
+        await _heal_cluster(self.cluster, self.direct.t(seconds))
+
 
 async def _heal_cluster(cluster: ServerCluster[Any], timeout: float) -> None:
     """Resume paused nodes, start stopped ones (together: a node may wait for a quorum that

@@ -181,6 +181,13 @@ class Backend(ABC):
     options: ClassVar[Mapping[str, Option]] = COMMON_OPTIONS
     """Every option the URL query or ``connect(**options)`` may set (include the common ones)."""
 
+    wakeups: int | None = None
+    """How many times a waiting contender of this client woke up to look again whether it
+    owns the lock or leads: a watch event on the contender ahead, a blocking query answered,
+    a poll. Count it (start at 0 in ``__init__``) so that the conformance suite can tell a
+    watch from a poll and one wake-up per release from a herd; ``None`` (the default): not
+    counted, and the suite reports that it cannot check either."""
+
     def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
         self.url = url
         self.settings = dict(options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -19,22 +18,13 @@ from coordination import Capability, Coordinator, SessionState
 from coordination._url import parse_url
 
 from .holder import HolderEvent, HolderProcess
-from .plugin import CAPABILITY_SKIP_PREFIX, NOT_RUN_PREFIX
+from .plugin import CAPABILITY_SKIP_PREFIX, NOT_RUN_PREFIX, timeout_multiplier
 from .proxy import FaultProxy
 from .servers import ServerCluster, ServerProcess
 
 __all__ = ["ClusterHarness", "CoordinationFixtures", "Harness", "Recorder", "SharedCluster"]
 
 T = TypeVar("T")
-
-
-def _timeout_multiplier(config: pytest.Config) -> float:
-    value = config.getoption("coordination_timeout_multiplier", default=None)
-    if value is None:
-        value = float(os.environ.get("COORDINATION_TIMEOUT_MULTIPLIER", "1"))
-    if value <= 0:
-        raise pytest.UsageError("the coordination timeout multiplier must be positive")
-    return float(value)
 
 
 def _with_hosts(url: str, hosts: str) -> str:
@@ -475,7 +465,7 @@ class CoordinationFixtures:
         server: ServerProcess | None,
     ) -> Harness:
         url = _with_namespace(coordination_url, f"conformance-{uuid.uuid4().hex[:12]}")
-        harness = Harness(self, url, _timeout_multiplier(request.config), dict(session_options), server)
+        harness = Harness(self, url, timeout_multiplier(request.config), dict(session_options), server)
         for marker in request.node.iter_markers("requires"):
             for capability in marker.args:
                 if capability not in harness.capabilities:

@@ -8,7 +8,9 @@ measured (failover and loss latencies).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -34,6 +36,31 @@ FIGURES = {
     "overlaps": "overlaps",
 }
 """``user_properties`` of fault tests shown in the figures summary, with their labels."""
+
+
+def timeout_multiplier(config: pytest.Config) -> float:
+    """The suite's timeout multiplier: ``--coordination-timeout-multiplier``, else
+    ``$COORDINATION_TIMEOUT_MULTIPLIER``, else 1."""
+    value = config.getoption("coordination_timeout_multiplier", default=None)
+    if value is None:
+        text = os.environ.get("COORDINATION_TIMEOUT_MULTIPLIER", "1")
+        try:
+            value = float(text)
+        except ValueError:
+            raise pytest.UsageError(
+                f"COORDINATION_TIMEOUT_MULTIPLIER must be a number, not {text!r}"
+            ) from None
+    if not value > 0:
+        raise pytest.UsageError("the coordination timeout multiplier must be positive")
+    return float(value)
+
+
+@pytest.fixture
+def scaled(request: pytest.FixtureRequest) -> Callable[[float], float]:
+    """``scaled(seconds)``: ``seconds`` times the suite's timeout multiplier, for every
+    timeout and time bound of a test that does not use the conformance harness."""
+    multiplier = timeout_multiplier(request.config)
+    return lambda seconds: seconds * multiplier
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,11 +91,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _scale_test_timeouts(config, items)
     suite = "coordination.testing.conformance"
     if config.getoption("coordination_url") is None and any(
         getattr(getattr(item, "module", None), "__name__", None) == suite for item in items
     ):
         raise pytest.UsageError("coordination.testing.conformance needs --coordination-url URL")
+
+
+def _scale_test_timeouts(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-timeout's per-test timeout (ini, command line or marker) times the multiplier."""
+    multiplier = timeout_multiplier(config)
+    if multiplier == 1 or not config.pluginmanager.hasplugin("timeout"):
+        return
+    default = getattr(config, "_env_timeout", None)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        base = (
+            marker.args[0]
+            if marker is not None and marker.args
+            else (marker.kwargs.get("timeout") if marker is not None else default)
+        )
+        if isinstance(base, int | float) and base > 0:
+            item.add_marker(pytest.mark.timeout(float(base) * multiplier), append=False)
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

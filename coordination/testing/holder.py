@@ -8,7 +8,8 @@ and reports on stdout, one line per event, ``<event> <token or -> <time> [detail
 ``acquiring``   about to acquire the lock (or campaign): from here on it waits
 ``held``        acquired the lock (a fenced resource takes it as the first write)
 ``write``       a fenced write attempt with the token (every ``--write-every`` s, from
-                a worker thread, as blocking I/O would be)
+                a worker thread, as blocking I/O would be); with ``--resource`` the
+                detail is the resource's verdict, ``accepted`` or ``refused``
 ``releasing``   about to release (the guarded action ends here)
 ``released``    released
 ``cancelled``   the body was cancelled (the lock was lost)
@@ -29,7 +30,9 @@ The holder is careless on purpose: it writes with its token without checking tha
 holds the lock, so that what a test sees refused is refused by the fenced resource, not by
 the holder's good manners.
 
-Options: ``--write-every S`` writes every S seconds while holding; ``--hold S`` releases
+Options: ``--write-every S`` writes every S seconds while holding (to the fenced resource
+process at ``--resource HOST:PORT``, :mod:`coordination.testing.fenced`, as resource
+``NAME`` and writer ``--label``, else only reported); ``--hold S`` releases
 after S seconds, ``--hold MIN:MAX`` after a random time between the two (default: hold
 until killed, or until the lock is lost); ``--loop`` acquires
 again after each release or loss, resting ``--rest S`` in between. ``--commands`` reads
@@ -83,6 +86,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 import coordination
 from coordination import HeldLock, Leadership, LeadershipLost, LockLost
 
+from .fenced import FencedClient
+
 __all__ = ["HolderEvent", "HolderProcess", "Span", "main", "parse_event", "read_spans"]
 
 LOST_STATUS = 3
@@ -107,10 +112,28 @@ def _emit(event: str, token: int | None = None, detail: str = "") -> float:
     return at
 
 
-def _work(seconds: float, token: int) -> None:
-    """A piece of blocking work that ends with a fenced write (careless: no check it still holds)."""
-    time.sleep(seconds)
-    _emit("write", token)
+class _Writer:
+    """Fenced writes: to the resource process (``--resource``), else only reported."""
+
+    def __init__(self, address: str | None, resource: str, writer: str) -> None:
+        self._client = None if address is None else FencedClient(address)
+        self._resource = resource
+        self._writer = writer
+        self._lock = threading.Lock()
+
+    def write(self, token: int) -> None:
+        """One write with ``token``, reported as a ``write`` event (with the resource's verdict)."""
+        if self._client is None:
+            _emit("write", token)
+            return
+        with self._lock:  # the worker thread and a blocked loop's write share one connection
+            accepted = self._client.write(self._resource, token, self._writer)
+        _emit("write", token, "accepted" if accepted else "refused")
+
+    def work(self, seconds: float, token: int) -> None:
+        """A piece of blocking work that ends with a fenced write (careless: no check it still holds)."""
+        time.sleep(seconds)
+        self.write(token)
 
 
 class _Stdin:
@@ -161,6 +184,7 @@ class _Holder:
         self.status = 0
         label = args.label if args.label is not None else str(os.getpid())
         self.spans = None if args.spans is None else _SpanLog(args.spans, label)
+        self.writer = _Writer(args.resource, args.name, label)
 
     async def run(self) -> None:
         args = self.args
@@ -225,7 +249,7 @@ class _Holder:
             while not self.release_now.is_set():
                 # The work runs in a worker thread (blocking I/O), which a cancellation does not
                 # interrupt: a write that was under way when the process stopped still happens.
-                await anyio.to_thread.run_sync(_work, every, held.token)
+                await anyio.to_thread.run_sync(self.writer.work, every, held.token)
 
     async def _report_states(self, coord: coordination.Coordinator) -> None:
         async for state in coord.states():
@@ -243,7 +267,7 @@ class _Holder:
                 self.stdin.readline(float(rest or "60"))  # the whole event loop stops here
                 _emit("unblocked")
                 if held is not None:
-                    _emit("write", held.token)  # the body goes on before it checks anything
+                    self.writer.write(held.token)  # the body goes on before it checks anything
             elif word == "release":
                 self.release_now.set()
 
@@ -267,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--spans", default=None, metavar="PATH", help="append each held span to this log")
     parser.add_argument("--label", default=None, help="this holder's name in the span log (default: its pid)")
+    parser.add_argument(
+        "--resource",
+        default=None,
+        metavar="HOST:PORT",
+        help="send each write to this fenced resource process (coordination.testing.fenced)",
+    )
     args = parser.parse_args(argv)
     holder = _Holder(args)
     try:

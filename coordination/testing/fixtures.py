@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
@@ -18,7 +18,7 @@ from coordination import Capability, Coordinator, SessionState
 from coordination._url import parse_url
 
 from .holder import HolderEvent, HolderProcess
-from .plugin import CAPABILITY_SKIP_PREFIX, NOT_RUN_PREFIX, timeout_multiplier
+from .plugin import CAPABILITY_SKIP_PREFIX, FIXTURE_CAPABILITY, NOT_RUN_PREFIX, timeout_multiplier
 from .proxy import FaultProxy
 from .servers import ServerCluster, ServerProcess
 
@@ -288,6 +288,15 @@ class Harness:
         """Seconds within which a crashed holder's lock must pass to another session."""
         return self.fixtures.failover_bound(self.options)
 
+    @property
+    def takeover_floor(self) -> float:
+        """Seconds before which no other session may take a crashed or stopped holder's lock."""
+        return self.fixtures.takeover_floor(self.options)
+
+    async def wakeups(self, coords: Sequence[Coordinator]) -> int | None:
+        """Wake-ups of waiters on ``coords`` so far (:meth:`CoordinationFixtures.wakeups`)."""
+        return await self.fixtures.wakeups(self, coords)
+
     def connect(self, **options: Any) -> Coordinator:
         """An unopened coordinator on the test's namespace (the suite's options, overridden)."""
         return coordination.connect(self.url, **{**self.options, **options})
@@ -305,7 +314,13 @@ class Harness:
             yield [await stack.enter_async_context(self.connect(**options)) for _ in range(n)]
 
     async def expire(self, coord: Coordinator) -> str:
-        """Force ``coord``'s current session to expire from outside; return its id."""
+        """Force ``coord``'s current session to expire from outside; return its id.
+
+        Needs ``EXPIRE_SESSION``, declared by the backend or given by the fixture (mark the
+        test ``@pytest.mark.requires(Capability.EXPIRE_SESSION)``); else the test is skipped,
+        naming the capability."""
+        if Capability.EXPIRE_SESSION not in self.capabilities | self.fixtures.fixture_capabilities:
+            pytest.skip(f"{CAPABILITY_SKIP_PREFIX} {Capability.EXPIRE_SESSION.name} ({self.scheme})")
         session_id = coord.session_id
         assert session_id is not None, "the coordinator has no session to expire"
         await self.fixtures.expire_session(self, coord, session_id)
@@ -440,6 +455,31 @@ class CoordinationFixtures:
         """
         return None
 
+    fixture_capabilities: frozenset[Capability] = frozenset()
+    """Capabilities the fixture gives the suite its own way although the backend does not
+    declare them, e.g. ``EXPIRE_SESSION`` where :meth:`expire_session` ends a session from
+    outside without ``Backend.expire_session``. The tests that use them run, and the summary
+    says which capabilities came from the fixture."""
+
+    async def wakeups(self, harness: Harness, coords: Sequence[Coordinator]) -> int | None:
+        """How many times waiters on ``coords`` woke up so far to look again whether they own
+        the lock or lead (watch events, blocking queries answered, polls).
+
+        The hand-over tests use it to tell a watch from a poll (no wake-up while nothing
+        changes) and, under ``SINGLE_WAKEUP``, one wake-up per release from a herd. The
+        default sums ``Backend.wakeups`` of each coordinator's backend; ``None`` when the
+        backend does not count them (those checks are then reported as not run).
+        """
+        counts = [coord._backend.wakeups for coord in coords]
+        return None if None in counts else sum(count or 0 for count in counts)
+
+    def takeover_floor(self, options: dict[str, Any]) -> float:
+        """The earliest (in seconds) another session may take the lock of a holder whose process
+        was killed or stopped: half the TTL by default. A session renewed at least every third
+        (or half) of its TTL cannot end sooner than that after its holder stopped; a contender
+        that got the lock earlier was let in while the holder's session was alive."""
+        return float(options.get("ttl", 10.0)) / 2
+
     history_compaction = False
     """Whether :meth:`compact` applies: the backend drops old history that watches need."""
 
@@ -468,10 +508,14 @@ class CoordinationFixtures:
         harness = Harness(self, url, timeout_multiplier(request.config), dict(session_options), server)
         for marker in request.node.iter_markers("requires"):
             for capability in marker.args:
-                if capability not in harness.capabilities:
-                    pytest.skip(
-                        f"{CAPABILITY_SKIP_PREFIX} {capability.name} ({harness.backend_class.scheme})"
+                if capability in harness.capabilities:
+                    continue
+                if capability in self.fixture_capabilities:
+                    request.node.user_properties.append(
+                        (FIXTURE_CAPABILITY, f"{capability.name} ({harness.scheme})")
                     )
+                    continue
+                pytest.skip(f"{CAPABILITY_SKIP_PREFIX} {capability.name} ({harness.backend_class.scheme})")
         return harness
 
 

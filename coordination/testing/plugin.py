@@ -17,6 +17,8 @@ import pytest
 CAPABILITY_SKIP_PREFIX = "backend lacks capability"
 NOT_RUN_PREFIX = "not run:"
 """Skip reasons of tests that the fixture or the backend cannot run, other than capabilities."""
+FIXTURE_CAPABILITY = "fixture_capability"
+"""``user_properties`` key of a test that ran on a capability the fixture gives its own way."""
 
 FIGURES = {
     "failover_seconds": "failover",
@@ -140,6 +142,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("coordination: tests the fixture or backend cannot run")
         for what, count in sorted(not_run.items()):
             terminalreporter.write_line(f"{count} test(s): {what}")
+    given: Counter[str] = Counter()
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") == "call":
+                given.update(value for key, value in report.user_properties if key == FIXTURE_CAPABILITY)
+    if given:
+        terminalreporter.section("coordination: capabilities the fixture gives its own way")
+        for what, count in sorted(given.items()):
+            terminalreporter.write_line(f"{count} test(s) ran on {what}, which the backend does not declare")
     figures = []
     for outcome in ("passed", "failed"):
         for report in terminalreporter.stats.get(outcome, []):

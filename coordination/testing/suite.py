@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Literal
 
 import anyio
 import pytest
@@ -31,6 +32,7 @@ from coordination import (
     InvalidName,
     InvalidURL,
     Leader,
+    Leadership,
     LeadershipLost,
     LockLost,
     NotHeld,
@@ -38,7 +40,7 @@ from coordination import (
     Versioned,
 )
 
-from .fixtures import Harness
+from .fixtures import Harness, not_run
 
 __all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "LockTests", "SessionTests"]
 
@@ -47,6 +49,108 @@ asyncio = pytest.mark.asyncio
 
 def _strictly_increasing(values: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(values))
+
+
+HANDOVER_WAITERS = 4
+IDLE_SECONDS = 1.0
+"""How long the hand-over tests watch waiters while nothing changes: a waiter that polls
+(even every half second) wakes up in that time; one that watches does not."""
+SETTLE_SECONDS = 0.3
+"""How long after a hand-over the tests wait for more wake-ups (a herd) before counting."""
+
+
+async def _queued(harness: Harness, count: int, what: str) -> bool:
+    """Wait until the server shows ``count`` contenders in the test's namespace; ``False``
+    if the fixture cannot list them. (No event says a contender was queued: look, bounded.)"""
+
+    async def look() -> bool:
+        while True:
+            found = await harness.fixtures.leftovers(harness)
+            if found is None:
+                return False
+            if len(found) >= count:
+                return True
+            await anyio.sleep(0.01)
+
+    return await harness.within(5, look(), what)
+
+
+async def _hand_over(harness: Harness, kind: Literal["lock", "election"], bound: float) -> list[str]:
+    """One holder (or leader) and ``HANDOVER_WAITERS`` waiters, each in its own session,
+    handed over in turn by release (or resign). Checks that nobody wakes while nothing
+    changes, that each release hands over within ``bound`` (scaled), FIFO under ``FAIR``,
+    and exactly one wake-up per release under ``SINGLE_WAKEUP``. Returns what it could not
+    check."""
+    name = f"handover-{kind}"
+    unchecked: list[str] = []
+    fair = Capability.FAIR in harness.capabilities
+    single = Capability.SINGLE_WAKEUP in harness.capabilities
+
+    async def take(coord: Coordinator, value: bytes) -> HeldLock | Leadership:
+        if kind == "lock":
+            return await coord.lock(name).acquire()
+        return await coord.election(name).campaign(value)
+
+    async def give_up(holding: HeldLock | Leadership) -> None:
+        await (holding.release() if isinstance(holding, HeldLock) else holding.resign())
+
+    async with harness.sessions(HANDOVER_WAITERS + 1) as (first, *waiters):
+        current = await take(first, b"first")
+        tokens = [current.token]
+        got: list[tuple[int, HeldLock | Leadership, float]] = []
+        arrived = anyio.Event()
+
+        async def wait(i: int) -> None:
+            nonlocal arrived
+            holding = await take(waiters[i], f"waiter-{i}".encode())
+            got.append((i, holding, time.monotonic()))
+            arrived.set()
+            arrived = anyio.Event()
+
+        async with anyio.create_task_group() as tg:
+            order_known = fair
+            for i in range(HANDOVER_WAITERS):
+                tg.start_soon(wait, i)
+                if order_known:  # one at a time, so that the queue order is known
+                    order_known = await _queued(harness, i + 2, f"waiter {i} queued")
+            if fair and not order_known:
+                unchecked.append("FIFO order (the fixture cannot list contenders)")
+            await anyio.sleep(IDLE_SECONDS)  # an observation window: nothing changes in it
+            idle = await harness.wakeups(waiters)
+            if idle is None:
+                unchecked.append("wake-ups (the fixture does not count them)")
+            else:
+                assert idle == 0, (
+                    f"waiters woke {idle} times while the lock was held and nothing changed: polling?"
+                )
+            for turn in range(HANDOVER_WAITERS):
+                released = time.monotonic()
+                await give_up(current)
+
+                async def next_holder(turn: int = turn) -> None:
+                    while len(got) <= turn:
+                        await arrived.wait()
+
+                await harness.within(5, next_holder(), f"hand-over {turn}")
+                who, current, at = got[turn]
+                assert len(got) == turn + 1, "one release let two waiters in"
+                latency = at - released
+                assert latency <= harness.t(bound), (
+                    f"hand-over {turn} took {latency:.3f}s (bound {harness.t(bound):g}s): woken by a poll?"
+                )
+                tokens.append(current.token)
+                if order_known:
+                    assert who == turn, f"waiter {who} got {kind} turn {turn}: not FIFO (FAIR)"
+                await anyio.sleep(SETTLE_SECONDS)  # let any other woken waiter show itself
+                woken = await harness.wakeups(waiters)
+                if single and woken is not None:
+                    assert woken == turn + 1, (
+                        f"{woken} wake-ups after {turn + 1} release(s): a release woke more than "
+                        "the next waiter (SINGLE_WAKEUP)"
+                    )
+            await give_up(current)
+        assert _strictly_increasing(tokens), f"tokens across hand-overs: {tokens}"
+    return unchecked
 
 
 class LockTests:
@@ -103,6 +207,18 @@ class LockTests:
             assert held_b.name == "handover"
             assert held_b.identity == b.identity
             await held_b.release()
+
+    handover_bound = 0.5
+    """Seconds (scaled) within which a release hands the lock to the next waiter."""
+
+    @asyncio
+    async def test_release_hands_over_in_turn_without_polling_or_herd(self, harness: Harness) -> None:
+        """A holder and 4 waiters in their own sessions: no waiter wakes while the lock is held;
+        each release hands over within a small bound, in FIFO order under FAIR, waking exactly
+        one waiter under SINGLE_WAKEUP."""
+        unchecked = await _hand_over(harness, "lock", self.handover_bound)
+        if unchecked:
+            not_run(f"ran, but could not check {'; '.join(unchecked)} ({harness.scheme})")
 
     @asyncio
     async def test_try_acquire_never_waits(self, harness: Harness) -> None:
@@ -185,6 +301,7 @@ class LockTests:
             assert not held.lost
 
     @asyncio
+    @pytest.mark.requires(Capability.EXPIRE_SESSION)
     async def test_expiry_cancels_body_and_raises_lock_lost(self, harness: Harness) -> None:
         async with harness.sessions(2) as (a, b):
             entered = anyio.Event()
@@ -231,6 +348,7 @@ class LockTests:
             await again.release()
 
     @asyncio
+    @pytest.mark.requires(Capability.EXPIRE_SESSION)
     async def test_release_after_loss_raises(self, harness: Harness) -> None:
         async with harness.session() as a:
             held = await a.lock("lost-release").acquire()
@@ -240,6 +358,7 @@ class LockTests:
                 await held.release()
 
     @asyncio
+    @pytest.mark.requires(Capability.EXPIRE_SESSION)
     async def test_waiter_survives_session_loss(self, harness: Harness) -> None:
         """A waiting acquire whose session is lost goes on waiting on the next session."""
         async with harness.sessions(2) as (a, b):
@@ -317,6 +436,18 @@ class ElectionTests:
         assert len(tokens) == self.candidates
         assert _strictly_increasing(tokens)
 
+    handover_bound = 0.5
+    """Seconds (scaled) within which a resignation hands leadership to the next candidate."""
+
+    @asyncio
+    async def test_resign_hands_over_in_turn_without_polling_or_herd(self, harness: Harness) -> None:
+        """A leader and 4 candidates in their own sessions: no candidate wakes while the leader
+        leads; each resignation hands over within a small bound, in FIFO order under FAIR,
+        waking exactly one candidate under SINGLE_WAKEUP."""
+        unchecked = await _hand_over(harness, "election", self.handover_bound)
+        if unchecked:
+            not_run(f"ran, but could not check {'; '.join(unchecked)} ({harness.scheme})")
+
     @asyncio
     async def test_no_leader(self, harness: Harness) -> None:
         async with harness.session() as a:
@@ -358,18 +489,26 @@ class ElectionTests:
             ]
 
     @asyncio
+    @pytest.mark.requires(Capability.EXPIRE_SESSION)
     async def test_expiry_hands_over_and_raises_leadership_lost(self, harness: Harness) -> None:
         async with harness.sessions(2) as (a, b):
             entered = anyio.Event()
             outcome: list[BaseException] = []
             first = []
 
+            body_cancelled = False
+
             async def lead_a() -> None:
+                nonlocal body_cancelled
                 try:
                     async with a.election("exp").campaign(b"a") as leadership:
                         first.append(leadership)
                         entered.set()
-                        await anyio.sleep_forever()
+                        try:
+                            await anyio.sleep_forever()
+                        except anyio.get_cancelled_exc_class():
+                            body_cancelled = True
+                            raise
                 except LeadershipLost as exc:
                     outcome.append(exc)
 
@@ -383,7 +522,9 @@ class ElectionTests:
                 await harness.within(5, entered.wait(), "a leading")
                 tg.start_soon(lead_b)
                 await harness.expire(a)
+            assert body_cancelled, "the body must be cancelled when the leadership is lost"
             assert len(outcome) == 1
+            assert isinstance(outcome[0], LeadershipLost)
             assert got[0].token > first[0].token
             assert await a.election("exp").leader() == Leader(b"b", got[0].token)
             with pytest.raises(LeadershipLost):
@@ -551,6 +692,7 @@ class SessionTests:
             assert len(set(ids)) == 3
 
     @asyncio
+    @pytest.mark.requires(Capability.EXPIRE_SESSION)
     async def test_expiry_is_lost_then_a_new_session(self, harness: Harness) -> None:
         async with harness.session() as a:
             old = await harness.expire_and_recover(a)

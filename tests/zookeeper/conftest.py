@@ -12,7 +12,7 @@ import anyio
 import pytest
 from aiozk import protocol  # type: ignore[import-untyped]
 
-from coordination import Coordinator
+from coordination import Capability, Coordinator
 from coordination.testing import CoordinationFixtures, Harness
 from coordination.testing.servers import ServerProcess, ZooKeeperProcess
 from coordination_zookeeper import ZooKeeperBackend
@@ -96,6 +96,10 @@ async def expire_client(client: ZooKeeperClient) -> None:
 
 class ZooKeeperFixtures(CoordinationFixtures):
     """The conformance and fault suites' fixtures on the real server above."""
+
+    # ZooKeeper has no call to end another client's session; this fixture attaches to the
+    # session from a second connection and closes it (see expire_client).
+    fixture_capabilities = frozenset({Capability.EXPIRE_SESSION})
 
     @pytest.fixture
     def coordination_url(self, zookeeper_server: ZooKeeperProcess) -> str:

@@ -36,6 +36,7 @@ FIGURES = {
     "lost_after_quorum_seconds": "LOST after quorum loss",
     "handover_seconds": "handover",
     "overlaps": "overlaps",
+    "acquisitions": "acquisitions",
 }
 """``user_properties`` of fault tests shown in the figures summary, with their labels."""
 

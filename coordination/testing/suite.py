@@ -16,7 +16,10 @@ backend that does not declare it, it is reported as skipped with the capability'
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 import time
+from contextlib import AsyncExitStack
 from typing import Literal
 
 import anyio
@@ -40,7 +43,9 @@ from coordination import (
     Versioned,
 )
 
+from .fenced import FencedProcess
 from .fixtures import Harness, not_run
+from .holder import read_spans
 
 __all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "LockTests", "SessionTests"]
 
@@ -381,27 +386,102 @@ class LockTests:
     @pytest.mark.faults
     @pytest.mark.requires(Capability.CROSS_PROCESS)
     async def test_crash_failover(self, harness: Harness, request: pytest.FixtureRequest) -> None:
-        """SIGKILL a holder process: another process holds the lock within the bound."""
-        async with harness.holder("crash", label="the holder process") as holder:
-            held = await holder.next("held", harness.t(20))
-            assert held.token is not None
-            async with harness.session() as b:
-                holder.kill()
-                start = time.monotonic()
-                wait = harness.failover_bound + 5
-                taken = await harness.within(
-                    wait, b.lock("crash").acquire(), "taking over from the killed holder"
+        """SIGKILL a holder process: another process holds the lock within the bound, and not
+        before the floor (the holder's session was alive until then)."""
+        await _crash_failover(harness, request, "lock")
+
+    @asyncio
+    @pytest.mark.requires(Capability.CROSS_PROCESS)
+    async def test_exclusion_across_processes(self, harness: Harness, request: pytest.FixtureRequest) -> None:
+        """Holder processes take the lock in a loop (a scaled 20 s): their spans, in one log
+        with the machine's monotonic clock, never overlap; tokens increase; the fenced resource
+        in its own process refused none of their writes."""
+        await _exclusion_across_processes(harness, request, "lock", self.exclusion_seconds)
+
+    exclusion_seconds = 20.0
+    """How long (scaled) the holder processes of the cross-process exclusion test loop."""
+
+
+async def _crash_failover(
+    harness: Harness, request: pytest.FixtureRequest, kind: Literal["lock", "election"]
+) -> None:
+    name = f"crash-{kind}"
+    arguments = [] if kind == "lock" else ["--election", "crashed"]
+    async with harness.holder(name, *arguments, label="the holder process") as holder:
+        held = await holder.next("held", harness.t(20))
+        assert held.token is not None
+        async with harness.session() as b:
+            if kind == "lock":
+                assert await b.lock(name).try_acquire() is None, "try_acquire got a held lock"
+            else:
+                assert await b.election(name).leader() == Leader(b"crashed", held.token)
+            holder.kill()
+            start = time.monotonic()
+            wait = harness.failover_bound + 5
+            taken: HeldLock | Leadership = await harness.within(
+                wait,
+                b.lock(name).acquire() if kind == "lock" else b.election(name).campaign(b"b"),
+                "taking over from the killed holder",
+            )
+            failover = time.monotonic() - start
+            await (taken.release() if isinstance(taken, HeldLock) else taken.resign())
+    request.node.user_properties.extend(
+        [
+            ("failover_seconds", round(failover, 3)),
+            ("failover_bound_seconds", round(harness.failover_bound, 3)),
+        ]
+    )
+    assert taken.token > held.token
+    assert failover >= harness.takeover_floor, (
+        f"another session got the {kind} {failover:.2f}s after its holder was killed, before its "
+        f"session could have ended (floor {harness.takeover_floor:g}s)"
+    )
+    assert failover <= harness.t(harness.failover_bound), f"failover took {failover:.2f}s"
+
+
+async def _exclusion_across_processes(
+    harness: Harness, request: pytest.FixtureRequest, kind: Literal["lock", "election"], seconds: float
+) -> None:
+    name = f"exclusive-{kind}"
+    processes = 3
+    with tempfile.TemporaryDirectory(prefix="coordination-exclusion-") as folder:
+        log = os.path.join(folder, "spans")
+        async with (
+            FencedProcess.start(os.path.join(folder, "resource")) as resource,
+            AsyncExitStack() as stack,
+        ):
+            holders = []
+            for i in range(processes):
+                arguments = ["--loop", "--hold", "0.01:0.05", "--write-every", "0.005"]
+                arguments += ["--spans", log, "--label", f"p{i}", "--resource", resource.address]
+                if kind == "election":
+                    arguments += ["--election", f"p{i}"]
+                holders.append(
+                    await stack.enter_async_context(harness.holder(name, *arguments, label=f"holder p{i}"))
                 )
-                failover = time.monotonic() - start
-                await taken.release()
-        request.node.user_properties.extend(
-            [
-                ("failover_seconds", round(failover, 3)),
-                ("failover_bound_seconds", round(harness.failover_bound, 3)),
-            ]
-        )
-        assert taken.token > held.token
-        assert failover <= harness.failover_bound, f"failover took {failover:.2f}s"
+            await anyio.sleep(harness.t(seconds))
+            for holder in holders:
+                holder.kill()
+            stopped = time.monotonic()
+            for holder in holders:
+                await holder.wait(harness.t(10))
+        spans = read_spans(log)
+        decisions = resource.decisions(name)
+    ends = [(span, stopped if span.end is None else span.end) for span in spans]
+    overlaps = [
+        (a.label, a.token, b.label, b.token)
+        for i, (a, a_end) in enumerate(ends)
+        for b, _ in ends[i + 1 :]
+        if b.start < a_end and a.label != b.label
+    ]
+    refused = [d for d in decisions if not d.accepted]
+    request.node.user_properties.extend([("overlaps", len(overlaps)), ("acquisitions", len(spans))])
+    assert not overlaps, f"{len(overlaps)} overlapping spans across processes, e.g. {overlaps[:3]}"
+    assert _strictly_increasing([span.token for span in spans]), "tokens must increase in the order held"
+    assert len({span.label for span in spans}) == processes, "every holder process held at least once"
+    assert len(spans) >= 10, f"only {len(spans)} acquisitions in {harness.t(seconds):g}s"
+    assert decisions, "the holders wrote nothing to the fenced resource"
+    assert not refused, f"the fenced resource refused writes of healthy holders: {refused[:3]}"
 
 
 class ElectionTests:
@@ -447,6 +527,25 @@ class ElectionTests:
         unchecked = await _hand_over(harness, "election", self.handover_bound)
         if unchecked:
             not_run(f"ran, but could not check {'; '.join(unchecked)} ({harness.scheme})")
+
+    @asyncio
+    @pytest.mark.faults
+    @pytest.mark.requires(Capability.CROSS_PROCESS)
+    async def test_leader_crash_failover(self, harness: Harness, request: pytest.FixtureRequest) -> None:
+        """SIGKILL a leader process: another candidate leads within the bound, not before the floor."""
+        await _crash_failover(harness, request, "election")
+
+    @asyncio
+    @pytest.mark.requires(Capability.CROSS_PROCESS)
+    async def test_one_leader_across_processes(
+        self, harness: Harness, request: pytest.FixtureRequest
+    ) -> None:
+        """Candidate processes lead and resign in a loop (a scaled 20 s): their terms never
+        overlap; tokens increase; the fenced resource refused none of their writes."""
+        await _exclusion_across_processes(harness, request, "election", self.exclusion_seconds)
+
+    exclusion_seconds = 20.0
+    """How long (scaled) the candidate processes of the cross-process election test loop."""
 
     @asyncio
     async def test_no_leader(self, harness: Harness) -> None:

@@ -27,10 +27,13 @@ is polled under a bounded deadline.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import os
 import random
 import re
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -45,6 +48,7 @@ from coordination import (
     CoordinationError,
     Coordinator,
     HeldLock,
+    Leader,
     Leadership,
     LeadershipLost,
     LockLost,
@@ -55,8 +59,9 @@ from coordination import (
 )
 
 from .checker import FencedResource
+from .fenced import FencedProcess
 from .fixtures import Harness, not_run
-from .holder import LOST_STATUS, HolderEvent
+from .holder import LOST_STATUS
 
 __all__ = ["FaultTests", "StateLog"]
 
@@ -180,61 +185,74 @@ class FaultTests:
     # -- 1, 2: a holder process paused, or its event loop blocked, past its TTL -------------------
 
     async def _stale_holder(
-        self, h: Harness, request: pytest.FixtureRequest, how: Literal["pause", "block"]
+        self,
+        h: Harness,
+        request: pytest.FixtureRequest,
+        how: Literal["pause", "block"],
+        kind: Literal["lock", "election"],
     ) -> None:
-        resource = FencedResource()
-        name = f"fenced-{how}"
-
-        def apply(event: HolderEvent) -> None:
-            if event.kind == "held" and event.token is not None:
-                resource.acquired(event.token, "stale", at=event.at)
-            elif event.kind == "write" and event.token is not None:
-                resource.write(event.token, "stale", at=event.at)
-
-        arguments = ["--write-every", str(self.write_every), "--commands"]
-        async with h.holder(name, *arguments, label="the holder process", on_event=apply) as holder:
-            first = await holder.next("held", h.t(20))
-            assert first.token is not None
-            await holder.next("write", h.t(5))
-            async with h.session() as b:
-                if how == "pause":
-                    holder.pause()
-                else:
-                    await holder.send(f"block {h.t(120):g}")
-                    await holder.next("blocked", h.t(5))
-                faulted = time.monotonic()
-                taken = await h.within(
-                    h.failover_bound + 5,
-                    b.lock(name).acquire(),
-                    f"another session taking the lock of the {how}-stopped holder",
-                )
-                takeover = time.monotonic() - faulted
-                assert taken.token > first.token, "the new holder's token must be higher"
-                assert resource.acquired(taken.token, "successor"), "the new holder's token was refused"
-                assert resource.write(taken.token, "successor")
-                if how == "pause":
-                    resumed = time.monotonic()
-                    holder.resume()
-                else:
-                    await holder.send("go")
-                    resumed = (await holder.next("unblocked", h.t(5))).at
-                lost = await holder.next("lost", h.t(5))
-                status = await holder.wait(h.t(10))
-                # The new holder is unaffected: its session and its writes go on.
-                assert taken.held
-                assert resource.write(taken.token, "successor")
-                await taken.release()
+        name = f"fenced-{how}-{kind}"
+        with tempfile.TemporaryDirectory(prefix="coordination-fenced-") as folder:
+            async with FencedProcess.start(os.path.join(folder, "resource")) as resource:
+                arguments = ["--write-every", str(self.write_every), "--commands"]
+                arguments += ["--label", "stale", "--resource", resource.address]
+                if kind == "election":
+                    arguments += ["--election", "stale"]
+                async with h.holder(name, *arguments, label="the holder process") as holder:
+                    first = await holder.next("held", h.t(20))
+                    assert first.token is not None
+                    await holder.next("write", h.t(5))
+                    async with h.session() as b:
+                        # Exclusion while everything is healthy, before the fault.
+                        if kind == "lock":
+                            assert await b.lock(name).try_acquire() is None, "try_acquire got a held lock"
+                        else:
+                            assert await b.election(name).leader() == Leader(b"stale", first.token)
+                        if how == "pause":
+                            holder.pause()
+                        else:
+                            await holder.send(f"block {h.t(120):g}")
+                            await holder.next("blocked", h.t(5))
+                        faulted = time.monotonic()
+                        taken: HeldLock | Leadership = await h.within(
+                            h.failover_bound + 5,
+                            b.lock(name).acquire() if kind == "lock" else b.election(name).campaign(b"b"),
+                            f"another session taking the {kind} of the {how}-stopped holder",
+                        )
+                        takeover = time.monotonic() - faulted
+                        assert taken.token > first.token, "the new holder's token must be higher"
+                        write = functools.partial(resource.write, name, taken.token, "successor")
+                        assert await anyio.to_thread.run_sync(write), "the resource refused the new holder"
+                        if how == "pause":
+                            resumed = time.monotonic()
+                            holder.resume()
+                        else:
+                            await holder.send("go")
+                            resumed = (await holder.next("unblocked", h.t(5))).at
+                        lost = await holder.next("lost", h.t(5))
+                        status = await holder.wait(h.t(10))
+                        # The new holder is unaffected: its session and its writes go on.
+                        assert taken.held
+                        assert await anyio.to_thread.run_sync(write), "the resource refused the new holder"
+                        await (taken.release() if isinstance(taken, HeldLock) else taken.resign())
+                decisions = resource.decisions(name)
         assert status == LOST_STATUS, f"the holder process exited with status {status}, not {LOST_STATUS}"
         cancelled = holder.seen("cancelled")
         assert cancelled, "the body of the holder was not cancelled"
         assert cancelled[0].at <= lost.at
         latency = lost.at - resumed
-        writes = [a for a in resource.actions if a.holder == "stale" and a.kind == "write"]
-        late = [a for a in writes if a.start >= resumed]
-        assert all(not a.accepted for a in late), "a write of the old holder after the takeover was accepted"
-        assert not [a for a in writes if a.start > lost.at], "the old holder wrote after it knew it lost"
-        assert resource.stale_accepted == []
+        successor = min(d.at for d in decisions if d.writer == "successor" and d.accepted)
+        stale = [d for d in decisions if d.writer == "stale"]
+        late = [d for d in stale if d.at > successor]
+        assert [d for d in stale if d.at < successor and not d.accepted] == [], (
+            "the resource refused the holder while it held"
+        )
+        assert not [d for d in late if d.accepted], (
+            "the fenced resource accepted a write of the old holder after the new holder's"
+        )
         assert late, "the holder's work under way wrote with its old token once it ran again"
+        written_after_lost = [e for e in holder.seen("write") if e.at > lost.at]
+        assert not written_after_lost, "the old holder wrote after it knew it lost"
         request.node.user_properties.extend(
             [
                 ("takeover_seconds", round(takeover, 3)),
@@ -243,30 +261,38 @@ class FaultTests:
                 ("late_writes_refused", len(late)),
             ]
         )
-        assert latency <= h.t(1.0), f"LockLost came {latency:.3f}s after the holder ran again"
+        assert takeover >= h.takeover_floor, (
+            f"another session got the {kind} {takeover:.2f}s after its holder stopped, before its "
+            f"session could have ended (floor {h.takeover_floor:g}s)"
+        )
+        assert latency <= h.t(1.0), f"the loss came {latency:.3f}s after the holder ran again"
 
     @asyncio
     @pytest.mark.requires(Capability.CROSS_PROCESS)
+    @pytest.mark.parametrize("kind", ["lock", "election"])
     async def test_paused_holder_is_fenced_and_learns_it_lost(
-        self, fault_harness: Harness, request: pytest.FixtureRequest
+        self, fault_harness: Harness, request: pytest.FixtureRequest, kind: Literal["lock", "election"]
     ) -> None:
-        """SIGSTOP a holder process past its TTL: another takes over with a higher token; after
-        SIGCONT the old body is cancelled, LockLost comes at once, and its writes are refused."""
-        await self._stale_holder(fault_harness, request, "pause")
+        """SIGSTOP a holder (or leader) process past its TTL: another takes over with a higher
+        token, not before the floor; after SIGCONT the old body is cancelled, the loss is raised at
+        once, and the fenced resource process refuses its writes."""
+        await self._stale_holder(fault_harness, request, "pause", kind)
 
     @asyncio
     @pytest.mark.requires(Capability.CROSS_PROCESS)
+    @pytest.mark.parametrize("kind", ["lock", "election"])
     async def test_blocked_holder_is_fenced_and_learns_it_lost(
-        self, fault_harness: Harness, request: pytest.FixtureRequest
+        self, fault_harness: Harness, request: pytest.FixtureRequest, kind: Literal["lock", "election"]
     ) -> None:
-        """Block a holder's event loop (a synchronous sleep) past its TTL: the same outcome."""
-        await self._stale_holder(fault_harness, request, "block")
+        """Block a holder's (or leader's) event loop (a synchronous sleep) past its TTL: the same outcome."""
+        await self._stale_holder(fault_harness, request, "block", kind)
 
     # -- 4: the connection cut (blackhole) -------------------------------------------------------
 
     @asyncio
+    @pytest.mark.parametrize("kind", ["lock", "election"])
     async def test_blackhole_is_suspended_then_lost_and_never_resumed(
-        self, fault_harness: Harness, request: pytest.FixtureRequest
+        self, fault_harness: Harness, request: pytest.FixtureRequest, kind: Literal["lock", "election"]
     ) -> None:
         """Blackhole the holder's connection: SUSPENDED at once, LOST at the local deadline, the
         body cancelled with LockLost; after healing the lost lock stays lost, and the coordinator
@@ -281,16 +307,20 @@ class FaultTests:
         ):
             log = await _log_states(h, tg, a)
             guarded = _Guarded()
-            tg.start_soon(guarded.lock, a, "cut")
-            await h.within(10, guarded.entered.wait(), "taking the lock")
+            name = f"cut-{kind}"
+            if kind == "lock":
+                tg.start_soon(guarded.lock, a, name)
+            else:
+                tg.start_soon(guarded.lead, a, name, b"a")
+            await h.within(10, guarded.entered.wait(), f"taking the {kind}")
             first = guarded.holding
-            assert isinstance(first, HeldLock)
+            assert first is not None
             old_session = a.session_id
-            waiting: list[tuple[HeldLock, float]] = []
+            waiting: list[tuple[HeldLock | Leadership, float]] = []
             waited = anyio.Event()
 
             async def wait_b() -> None:
-                held = await b.lock("cut").acquire()
+                held = await (b.lock(name).acquire() if kind == "lock" else b.election(name).campaign(b"b"))
                 waiting.append((held, time.monotonic()))
                 waited.set()
 
@@ -305,11 +335,12 @@ class FaultTests:
             lost = await log.until(SessionState.LOST, ttl + 2, after=cut)
             await h.within(5, guarded.done.wait(), "the body ending")
             assert guarded.body_cancelled_at is not None, "the body was not cancelled"
-            assert isinstance(guarded.error, LockLost), f"{guarded.error!r} instead of LockLost"
+            expected = LockLost if kind == "lock" else LeadershipLost
+            assert isinstance(guarded.error, expected), f"{guarded.error!r} instead of {expected.__name__}"
             assert not first.held
             assert first.lost
             # The server hands the lock over once it expires the session.
-            await h.within(h.failover_bound + 5, waited.wait(), "b taking the lock")
+            await h.within(h.failover_bound + 5, waited.wait(), f"b taking the {kind}")
             ((taken, taken_at),) = waiting
             assert taken.token > first.token
             assert lost < taken_at, "the holder must learn it lost before another session holds the lock"
@@ -317,12 +348,21 @@ class FaultTests:
             reconnected = await log.until(SessionState.CONNECTED, 15, after=lost)
             assert a.session_id is not None
             assert a.session_id != old_session, "the lost session was resumed"
-            assert not first.held, "a lost lock came back after the link healed"
-            assert await h.within(5, a.lock("cut").try_acquire(), "try_acquire") is None
-            await taken.release()
-            again = await h.within(10, a.lock("cut").acquire(), "a acquiring on its new session")
+            assert not first.held, f"a lost {kind} came back after the link healed"
+            if kind == "lock":
+                assert await h.within(5, a.lock(name).try_acquire(), "try_acquire") is None
+                assert isinstance(taken, HeldLock)
+                await taken.release()
+                again: HeldLock | Leadership = await h.within(
+                    10, a.lock(name).acquire(), "a acquiring on its new session"
+                )
+            else:
+                assert await a.election(name).leader() == Leader(b"b", taken.token)
+                assert isinstance(taken, Leadership)
+                await taken.resign()
+                again = await h.within(10, a.election(name).campaign(b"a"), "a leading on its new session")
             assert again.token > taken.token
-            await again.release()
+            await (again.release() if isinstance(again, HeldLock) else again.resign())
             tg.cancel_scope.cancel()
         states = log.states()
         assert states.index(SessionState.SUSPENDED) < states.index(SessionState.LOST)

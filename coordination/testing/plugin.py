@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -64,6 +65,65 @@ def scaled(request: pytest.FixtureRequest) -> Callable[[float], float]:
     timeout and time bound of a test that does not use the conformance harness."""
     multiplier = timeout_multiplier(request.config)
     return lambda seconds: seconds * multiplier
+
+
+S = TypeVar("S")
+_SHARED_SERVERS = pytest.StashKey[list[Any]]()
+
+
+def share_server(request: pytest.FixtureRequest, server: S) -> S:
+    """Register ``server`` (a :class:`~coordination.testing.servers.ServerProcess` or
+    :class:`~coordination.testing.servers.ServerCluster`) that a fixture of wider scope
+    shares across tests, and return it.
+
+    Before each test, a shared server found dead or paused is brought back; after each test,
+    one that is dead or paused is brought back and that test fails by name (an error at its
+    teardown), so one crashed server never turns into failures of the unrelated tests after it.
+    """
+    request.config.stash.setdefault(_SHARED_SERVERS, []).append(server)
+    return server
+
+
+def _down(server: Any) -> bool:
+    members = getattr(server, "members", None)
+    nodes = members if members is not None else [server]
+    return any(not node.running or node.paused for node in nodes)
+
+
+def _bring_back(server: Any) -> None:
+    members = getattr(server, "members", None)
+    for node in members if members is not None else [server]:
+        if node.paused:
+            node.resume()
+        if not node.running:
+            node.start()
+    if members is not None:
+        server.wait_healthy(90)
+
+
+def _describe(server: Any) -> str:
+    name = getattr(server, "name", type(server).__name__)
+    address = getattr(server, "address", None) or getattr(server, "url", "")
+    return f"{name} {address}".strip()
+
+
+@pytest.fixture(autouse=True)
+def _shared_servers_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    servers = request.config.stash.get(_SHARED_SERVERS, [])
+    for server in servers:
+        if _down(server):
+            _bring_back(server)
+    yield
+    dead = [server for server in request.config.stash.get(_SHARED_SERVERS, []) if _down(server)]
+    for server in dead:
+        _bring_back(server)
+    if dead:
+        names = ", ".join(_describe(server) for server in dead)
+        pytest.fail(
+            f"the shared test server(s) {names} were dead or paused after this test "
+            "(brought back for the tests after it)",
+            pytrace=False,
+        )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -60,7 +60,7 @@ from coordination import (
 
 from .checker import FencedResource
 from .fenced import FencedProcess
-from .fixtures import Harness, not_run
+from .fixtures import Harness, WatchTap, not_run
 from .holder import LOST_STATUS
 
 __all__ = ["FaultTests", "StateLog"]
@@ -660,6 +660,7 @@ class FaultTests:
         """Watch while ``fault(write)`` runs between two series of writes (``write()`` writes
         the next value): the items come in order, and the latest value is delivered."""
         cfg = writer.config("watched")
+        tap = WatchTap(reader)
         versions: list[int] = []
 
         async def write() -> int:
@@ -685,6 +686,7 @@ class FaultTests:
         assert all(x.version < y.version for x, y in itertools.pairwise(got)), got
         assert all(int(x.value) < int(y.value) for x, y in itertools.pairwise(got)), got
         assert got[-1] == latest
+        assert tap.backwards() == [], "the backend's watch went back to older versions"
 
     @asyncio
     async def test_watch_across_server_restart(self, fault_harness: Harness) -> None:

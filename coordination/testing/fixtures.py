@@ -14,15 +14,16 @@ import pytest
 from anyio.abc import TaskGroup
 
 import coordination
-from coordination import Capability, Coordinator, SessionState
+from coordination import Capability, Coordinator, SessionState, Versioned
 from coordination._url import parse_url
+from coordination.abc import HISTORY_RESET, HistoryReset
 
 from .holder import HolderEvent, HolderProcess
 from .plugin import CAPABILITY_SKIP_PREFIX, FIXTURE_CAPABILITY, NOT_RUN_PREFIX, timeout_multiplier
 from .proxy import FaultProxy
 from .servers import ServerCluster, ServerProcess
 
-__all__ = ["ClusterHarness", "CoordinationFixtures", "Harness", "Recorder", "SharedCluster"]
+__all__ = ["ClusterHarness", "CoordinationFixtures", "Harness", "Recorder", "SharedCluster", "WatchTap"]
 
 T = TypeVar("T")
 
@@ -78,6 +79,50 @@ class Recorder(Generic[T]):
                 await self._changed.wait()
 
         await self._harness.within(seconds, wait(), what)
+
+
+class WatchTap:
+    """What a coordinator's backend yields to config watches, before the core filters it.
+
+    The core drops items whose version is not above the last one it yielded, so a backend
+    whose watch went backwards would look right from ``config.watch()``. The tap records
+    each stream ``Backend.watch`` starts (the core restarts it after errors), item by item.
+    """
+
+    def __init__(self, coord: Coordinator) -> None:
+        self.streams: list[list[Versioned | HistoryReset | None]] = []
+        backend = coord._backend
+        original = backend.watch
+
+        async def watch(key: str) -> AsyncIterator[Versioned | HistoryReset | None]:
+            items: list[Versioned | HistoryReset | None] = []
+            self.streams.append(items)
+            stream = original(key)
+            try:
+                async for item in stream:
+                    items.append(item)
+                    yield item
+            finally:
+                close = getattr(stream, "aclose", None)
+                if close is not None:
+                    await close()
+
+        setattr(backend, "watch", watch)  # noqa: B010 - on this instance only
+
+    def backwards(self) -> list[str]:
+        """Every item whose version is below one the backend yielded before it (across
+        restarts of the stream), unless a ``HISTORY_RESET`` came in between."""
+        found = []
+        highest = -1
+        for number, stream in enumerate(self.streams):
+            for item in stream:
+                if item is HISTORY_RESET:
+                    highest = -1
+                elif isinstance(item, Versioned):
+                    if item.version < highest:
+                        found.append(f"stream {number}: version {item.version} after {highest}")
+                    highest = max(highest, item.version)
+        return found
 
 
 @dataclass

@@ -44,7 +44,7 @@ from coordination import (
 )
 
 from .fenced import FencedProcess
-from .fixtures import Harness, not_run
+from .fixtures import Harness, WatchTap, not_run
 from .holder import read_spans
 
 __all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "LockTests", "SessionTests"]
@@ -697,6 +697,7 @@ class ConfigTests:
     @asyncio
     async def test_watch_is_ordered_and_ends_on_latest(self, harness: Harness) -> None:
         async with harness.sessions(2) as (writer, reader):
+            tap = WatchTap(reader)
             cfg = writer.config("watched")
             first_version = await cfg.set(b"0")
             seen: list[Versioned | None] = []
@@ -729,6 +730,7 @@ class ConfigTests:
                 assert item.version == versions[int(item.value)]
             if Capability.EVERY_VERSION in harness.capabilities:
                 assert [int(item.value) for item in got] == list(range(self.watch_writes + 1))
+            assert tap.backwards() == [], "the backend's watch went back to older versions"
 
     @asyncio
     async def test_watch_sees_delete_and_recreate(self, harness: Harness) -> None:

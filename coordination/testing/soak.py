@@ -35,9 +35,9 @@ The faults
 
     ``pause``       SIGSTOP for 1.1 to 2 TTLs, then SIGCONT
     ``block``       its event loop blocked (a synchronous sleep) as long
-    ``kill``        SIGKILL (then started again); a kill waits until no server fault runs,
-                    and no other fault starts until another holder took over: that
-                    failover is measured undisturbed
+    ``kill``        SIGKILL (then started again); a kill waits until no server fault has
+                    run for ``SETTLE``, and no other fault starts until another holder
+                    took over: that failover is measured undisturbed
     ``blackhole``   all of its proxies stall both ways for 0.3 to 2 TTLs
     ``reset``       all of its connections reset
     ``lost reply``  the next reply on the connection it uses most is dropped, that
@@ -98,9 +98,9 @@ The counts
     ``failovers``
         Kills of a holder that held: the time from the SIGKILL to another holder's ``held``,
         against the failover bound (TTL + 1 s; Consul: 2 TTL + lock-delay + 1.5 s).
-        ``failovers disturbed`` are those during which another fault ran anyway (a leader
-        change may legitimately renew leases); ``failover longest`` and ``failovers over
-        bound`` count only the undisturbed ones.
+        ``failovers disturbed`` are those during which another fault ran anyway, or had
+        ended less than ``SETTLE`` before (a leader change may legitimately renew leases);
+        ``failover longest`` and ``failovers over bound`` count only the undisturbed ones.
     ``longest unavailability``
         The longest time during which some holder was waiting (from its ``acquiring`` to
         its ``held``) and no holder held, after the first acquisition. ``... outside
@@ -692,6 +692,9 @@ class _Flag:
     def __init__(self) -> None:
         self._cleared: anyio.Event | None = None  # None: clear
 
+    def __bool__(self) -> bool:
+        return self._cleared is not None
+
     def set(self) -> None:
         if self._cleared is None:
             self._cleared = anyio.Event()
@@ -841,10 +844,14 @@ class Soak:
     async def _holder_fault(self, kind: str) -> None:
         try:
             if kind == "kill":
-                # A kill waits for the server nemesis to be idle, and holds it off until
-                # another holder took over: the failover is measured undisturbed.
+                # A kill waits until the server nemesis has been idle for SETTLE, and holds it
+                # off until another holder took over: the failover is measured undisturbed.
                 with anyio.move_on_after(120):
-                    await self._node_busy.wait_clear()
+                    while True:
+                        await self._node_busy.wait_clear()
+                        await anyio.sleep(SETTLE)
+                        if not self._node_busy:
+                            break
                 self._killing.set()
             await self._hit_holder(kind)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -70,7 +71,9 @@ def test_json_outputs(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("ignores_sigterm", [False, True])
-async def test_lost_lock_stops_the_command_and_exits_3(tmp_path: Path, ignores_sigterm: bool) -> None:
+async def test_lost_lock_stops_the_command_and_exits_3(
+    tmp_path: Path, ignores_sigterm: bool, scaled: Callable[[float], float]
+) -> None:
     """The session is expired under the running command: it is stopped, exit status 3."""
     url = f"memory://cli-{uuid.uuid4().hex[:8]}"
     pidfile = tmp_path / "pid"
@@ -90,7 +93,7 @@ async def test_lost_lock_stops_the_command_and_exits_3(tmp_path: Path, ignores_s
             except cli._Exit as exc:
                 result.append(exc.code)
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(scaled(20)):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run)
                 while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110 - another process
@@ -104,13 +107,13 @@ async def test_lost_lock_stops_the_command_and_exits_3(tmp_path: Path, ignores_s
         os.kill(pid, 0)
 
 
-def test_demo_runs_and_tells_the_story() -> None:
+def test_demo_runs_and_tells_the_story(scaled: Callable[[float], float]) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "coordination.cli", "demo"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         env=env,
     )
     assert done.returncode == 0, done.stderr

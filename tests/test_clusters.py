@@ -28,7 +28,7 @@ from coordination.testing.servers import (
 T = TypeVar("T")
 
 
-def eventually(check: Callable[[], T], timeout: float = 15.0) -> T:
+def eventually(check: Callable[[], T], timeout: float) -> T:
     """``check()`` once it stops raising AssertionError (or the last error after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -53,23 +53,25 @@ def test_missing_binary_fails_the_whole_cluster(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.fixture(scope="class")
-def zookeeper_ensemble() -> Iterator[ZooKeeperEnsemble]:
-    with ZooKeeperEnsemble() as ensemble:
+def zookeeper_ensemble(session_scaled: Callable[[float], float]) -> Iterator[ZooKeeperEnsemble]:
+    with ZooKeeperEnsemble(start_timeout=session_scaled(90)) as ensemble:
         print(f"zookeeper ensemble started in {ensemble.startup_seconds:.2f} s")
         yield ensemble
 
 
 @pytest.fixture(scope="class", params=["3.5", "3.4"])
-def etcd_cluster(request: pytest.FixtureRequest) -> Iterator[EtcdCluster]:
+def etcd_cluster(
+    request: pytest.FixtureRequest, session_scaled: Callable[[float], float]
+) -> Iterator[EtcdCluster]:
     version: Literal["3.4", "3.5"] = request.param
-    with EtcdCluster(version=version) as cluster:
+    with EtcdCluster(version=version, start_timeout=session_scaled(90)) as cluster:
         print(f"etcd {version} cluster started in {cluster.startup_seconds:.2f} s")
         yield cluster
 
 
 @pytest.fixture(scope="class")
-def consul_cluster() -> Iterator[ConsulCluster]:
-    with ConsulCluster() as cluster:
+def consul_cluster(session_scaled: Callable[[float], float]) -> Iterator[ConsulCluster]:
+    with ConsulCluster(start_timeout=session_scaled(90)) as cluster:
         print(f"consul cluster started in {cluster.startup_seconds:.2f} s")
         yield cluster
 
@@ -78,6 +80,22 @@ class _ClusterScenarios:
     """What every cluster kind must do; a subclass provides the ``cluster`` fixture and I/O."""
 
     size: ClassVar[int] = 3
+    scaled: Callable[[float], float]
+
+    @pytest.fixture(autouse=True)
+    def _scaled(self, scaled: Callable[[float], float]) -> None:
+        self.scaled = scaled
+
+    def leader(self, cluster: ServerCluster[Any]) -> int:
+        """The cluster's leader, waiting up to a scaled 30 s for one."""
+        return cluster.leader(self.scaled(30))
+
+    def healthy(self, cluster: ServerCluster[Any]) -> None:
+        """Wait up to a scaled 60 s until the cluster is healthy."""
+        cluster.wait_healthy(self.scaled(60))
+
+    def eventually(self, check: Callable[[], T]) -> T:
+        return eventually(check, self.scaled(15))
 
     def write(self, node: Any, key: str, value: str) -> None:
         raise NotImplementedError
@@ -98,9 +116,9 @@ class _ClusterScenarios:
         assert hosts == [endpoint.address for endpoint in cluster.endpoints]
         assert len(set(hosts)) == len(hosts)
         assert cluster.url.startswith(f"{cluster.scheme}://127.0.0.1:")
-        leader = cluster.leader()
+        leader = self.leader(cluster)
         assert 0 <= leader < self.size
-        assert cluster.leader() == leader  # stable while nothing happens
+        assert self.leader(cluster) == leader  # stable while nothing happens
         for index, node in enumerate(cluster.nodes):
             assert cluster.node_index(node.port) == index
             assert cluster.endpoint(node.port) is node
@@ -108,46 +126,46 @@ class _ClusterScenarios:
             cluster.node_index(1)
 
     def test_killed_leader_is_replaced_and_rejoins_with_its_data(self, cluster: ServerCluster[Any]) -> None:
-        old = cluster.leader()
+        old = self.leader(cluster)
         self.write(cluster.nodes[old], "before", "1")
         cluster.nodes[old].kill()
         assert not cluster.nodes[old].running
         began = time.monotonic()
-        new = cluster.leader(timeout=30)
+        new = self.leader(cluster)
         print(f"{cluster.name}: new leader after {time.monotonic() - began:.2f} s")
         assert new != old
-        cluster.wait_healthy()
+        self.healthy(cluster)
         # Write through one surviving node, read through the other.
         writer, reader = self.others(cluster, old)
         self.write(cluster.nodes[writer], "after", "2")
-        assert eventually(lambda: self._read_equal(cluster.nodes[reader], "after", "2"))
+        assert self.eventually(lambda: self._read_equal(cluster.nodes[reader], "after", "2"))
         assert self.read(cluster.nodes[reader], "before") == "1"
 
         cluster.restart_node(old, graceful=False)
         assert cluster.nodes[old].running
-        cluster.wait_healthy()
-        assert eventually(lambda: self._read_equal(cluster.nodes[old], "after", "2"))
+        self.healthy(cluster)
+        assert self.eventually(lambda: self._read_equal(cluster.nodes[old], "after", "2"))
         assert self.read(cluster.nodes[old], "before") == "1"
         self.check_rejoined(cluster, old)
 
     def test_paused_follower_and_graceful_restart(self, cluster: ServerCluster[Any]) -> None:
-        leader = cluster.leader()
+        leader = self.leader(cluster)
         follower = self.others(cluster, leader)[0]
         node = cluster.nodes[follower]
         node.pause()
         try:
             assert node.paused
-            assert cluster.leader() == leader  # the quorum without it still stands
+            assert self.leader(cluster) == leader  # the quorum without it still stands
             self.write(cluster.nodes[leader], "during-pause", "3")
         finally:
             node.resume()
-        cluster.wait_healthy()
-        assert eventually(lambda: self._read_equal(node, "during-pause", "3"))
+        self.healthy(cluster)
+        assert self.eventually(lambda: self._read_equal(node, "during-pause", "3"))
 
         cluster.restart_node(follower, graceful=True)
-        cluster.wait_healthy()
+        self.healthy(cluster)
         assert self.read(node, "during-pause") == "3"
-        assert 0 <= cluster.leader() < self.size
+        assert 0 <= self.leader(cluster) < self.size
 
     def _read_equal(self, node: Any, key: str, value: str) -> bool:
         assert self.read(node, key) == value
@@ -173,7 +191,7 @@ class TestZooKeeperEnsemble(_ClusterScenarios):
         return str(done.stdout.strip().splitlines()[-1])
 
     def test_members_are_an_ensemble(self, cluster: ZooKeeperEnsemble) -> None:
-        modes = sorted(node.mode() for node in cluster.nodes)
+        modes = sorted(node.mode(self.scaled(5)) for node in cluster.nodes)
         assert modes == ["follower", "follower", "leader"]
         config = (cluster.nodes[0].base_dir / "zoo.cfg").read_text()
         for node in cluster.nodes:
@@ -200,10 +218,10 @@ class TestEtcdCluster(_ClusterScenarios):
     def test_members_know_each_other(self, cluster: EtcdCluster) -> None:
         listed = json.loads(cluster.nodes[0].etcdctl("member", "list", "-w", "json").stdout)
         assert sorted(member["name"] for member in listed["members"]) == ["node0", "node1", "node2"]
-        statuses = [node.status() for node in cluster.nodes]
+        statuses = [node.status(self.scaled(5)) for node in cluster.nodes]
         assert statuses[0]["version"].startswith(cluster.version)
         assert len({status["leader"] for status in statuses}) == 1
-        leader_id = statuses[cluster.leader()]["header"]["member_id"]
+        leader_id = statuses[self.leader(cluster)]["header"]["member_id"]
         assert statuses[0]["leader"] == leader_id
 
 
@@ -216,11 +234,11 @@ class TestConsulCluster(_ClusterScenarios):
         return consul_cluster
 
     def write(self, node: Any, key: str, value: str) -> None:
-        status, body = http("PUT", f"{node.http_url}/v1/kv/{key}", value.encode())
+        status, body = http("PUT", f"{node.http_url}/v1/kv/{key}", value.encode(), timeout=self.scaled(5))
         assert (status, body.strip()) == (200, b"true")
 
     def read(self, node: Any, key: str) -> str | None:
-        status, body = http("GET", f"{node.http_url}/v1/kv/{key}?raw")
+        status, body = http("GET", f"{node.http_url}/v1/kv/{key}?raw", timeout=self.scaled(5))
         if status == 404:
             return None
         assert status == 200, body
@@ -229,7 +247,7 @@ class TestConsulCluster(_ClusterScenarios):
     def test_servers_and_client_agent(self, cluster: ConsulCluster) -> None:
         assert len(cluster.clients) == 1
         assert cluster.endpoints[0] is cluster.client
-        status, body = http("GET", f"{cluster.client.http_url}/v1/agent/members")
+        status, body = http("GET", f"{cluster.client.http_url}/v1/agent/members", timeout=self.scaled(5))
         assert status == 200
         members = {member["Name"]: member for member in json.loads(body)}
         assert sorted(members) == ["client0", "server0", "server1", "server2"]
@@ -250,7 +268,7 @@ class TestConsulCluster(_ClusterScenarios):
         began = time.monotonic()
         cluster.client.restart(graceful=True)  # SIGTERM: with leave_on_terminate off, no leave
         print(f"consul client agent restarted in {time.monotonic() - began:.2f} s")
-        cluster.wait_healthy()
+        self.healthy(cluster)
         assert self._session_exists(cluster.nodes[0], session)
 
     def test_client_agent_that_leaves_loses_its_sessions(self, cluster: ConsulCluster) -> None:
@@ -259,26 +277,29 @@ class TestConsulCluster(_ClusterScenarios):
         client.leave_on_terminate = True
         try:
             client.stop()  # the agent leaves: its node is deregistered and its sessions go
-            eventually(lambda: self._assert_no_session(cluster.nodes[0], session))
+            self.eventually(lambda: self._assert_no_session(cluster.nodes[0], session))
         finally:
             client.leave_on_terminate = False
             client.start()
-        cluster.wait_healthy()
+        self.healthy(cluster)
 
     def _assert_three_voters(self, cluster: ConsulCluster) -> None:
         def voters() -> list[str]:
-            status, body = http("GET", f"{cluster.nodes[0].http_url}/v1/operator/raft/configuration")
+            url = f"{cluster.nodes[0].http_url}/v1/operator/raft/configuration"
+            status, body = http("GET", url, timeout=self.scaled(5))
             assert status == 200, body
             servers = json.loads(body)["Servers"]
             found = sorted(server["Node"] for server in servers if server["Voter"])
             assert found == ["server0", "server1", "server2"]
             return found
 
-        eventually(voters)
+        self.eventually(voters)
 
     def _create_session(self, node: ServerProcess) -> str:
         agent: Any = node
-        status, body = http("PUT", f"{agent.http_url}/v1/session/create", b'{"TTL": "30s"}')
+        status, body = http(
+            "PUT", f"{agent.http_url}/v1/session/create", b'{"TTL": "30s"}', timeout=self.scaled(5)
+        )
         assert status == 200, body
         return str(json.loads(body)["ID"])
 
@@ -286,6 +307,6 @@ class TestConsulCluster(_ClusterScenarios):
         assert not self._session_exists(node, session)
 
     def _session_exists(self, node: Any, session: str) -> bool:
-        status, body = http("GET", f"{node.http_url}/v1/session/info/{session}")
+        status, body = http("GET", f"{node.http_url}/v1/session/info/{session}", timeout=self.scaled(5))
         assert status == 200, body
         return bool(json.loads(body))

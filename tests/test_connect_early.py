@@ -37,9 +37,13 @@ OPTIONS = {"consul": {"lock_delay": 3.0}}
 
 @asyncio
 @pytest.mark.parametrize("kind", list(SERVERS))
-async def test_connect_waits_for_a_server_that_is_starting(kind: str) -> None:
+async def test_connect_waits_for_a_server_that_is_starting(
+    kind: str, scaled: Callable[[float], float]
+) -> None:
     server = SERVERS[kind]()  # its ports are chosen now; nothing listens on them yet
-    options = {"ttl": 3.0, "timeout": 60.0, **OPTIONS.get(kind.rstrip(".345"), {})}
+    server.start_timeout = scaled(server.start_timeout)
+    # connect()'s timeout is how long it waits for the server to start: scaled like the start.
+    options = {"ttl": 3.0, "timeout": scaled(60.0), **OPTIONS.get(kind.rstrip(".345"), {})}
     try:
         connected = anyio.Event()
         started_at: list[float] = []
@@ -55,7 +59,7 @@ async def test_connect_waits_for_a_server_that_is_starting(kind: str) -> None:
             async with coordination.connect(f"{server.url}/early", **options) as coord:
                 connected.set()
                 assert started_at, "connected before the server was started"
-                held = await coord.lock("ready").acquire(timeout=10)
+                held = await coord.lock("ready").acquire(timeout=scaled(10))
                 assert await coord.config("ready").set(b"yes") > 0
                 await held.release()
     finally:
@@ -64,12 +68,14 @@ async def test_connect_waits_for_a_server_that_is_starting(kind: str) -> None:
 
 @asyncio
 @pytest.mark.parametrize("scheme", ["zookeeper", "etcd", "consul"])
-async def test_a_server_that_never_comes_is_unavailable_after_the_timeout(scheme: str) -> None:
+async def test_a_server_that_never_comes_is_unavailable_after_the_timeout(
+    scheme: str, scaled: Callable[[float], float]
+) -> None:
     options = {"ttl": 3.0, "timeout": 1.5, **OPTIONS.get(scheme, {})}
     start = time.monotonic()
     with pytest.raises(Unavailable) as info:
         async with coordination.connect(f"{scheme}://127.0.0.1:{free_port()}/never", **options):
             pass
     elapsed = time.monotonic() - start
-    assert 1.0 <= elapsed <= 4.0, f"gave up after {elapsed:.2f}s with a 1.5s timeout"
+    assert 1.0 <= elapsed <= scaled(4.0), f"gave up after {elapsed:.2f}s with a 1.5s timeout"
     assert info.value.__cause__ is not None, "the client's own error is kept as __cause__"

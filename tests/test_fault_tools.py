@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -60,7 +60,7 @@ async def test_passes_bytes_both_ways() -> None:
 
 
 @pytest.mark.asyncio
-async def test_delay() -> None:
+async def test_delay(scaled: Callable[[float], float]) -> None:
     async with proxied() as (proxy, client):
         proxy.delay(0.2)
         start = time.monotonic()
@@ -69,45 +69,54 @@ async def test_delay() -> None:
         proxy.heal()
         start = time.monotonic()
         await roundtrip(client, b"y")
-        assert time.monotonic() - start < 0.2
+        assert time.monotonic() - start < scaled(0.2)
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("direction", ["both", "upstream", "downstream"])
-async def test_blackhole_holds_bytes_until_healed(direction: str) -> None:
+async def test_blackhole_holds_bytes_until_healed(direction: str, scaled: Callable[[float], float]) -> None:
     async with proxied() as (proxy, client):
         proxy.blackhole(direction)  # type: ignore[arg-type]
         await client.send(b"held")
-        with anyio.move_on_after(0.3) as waited:
+        with anyio.move_on_after(scaled(0.3)) as waited:
             await client.receive()
         assert waited.cancelled_caught, "nothing may pass a blackhole"
         proxy.heal()
-        with anyio.fail_after(2):
+        with anyio.fail_after(scaled(2)):
             assert await client.receive() == b"held"
 
 
 @pytest.mark.asyncio
-async def test_drop_next_reply_resets_the_connection() -> None:
+async def test_drop_next_reply_resets_the_connection(scaled: Callable[[float], float]) -> None:
     async with proxied() as (proxy, client):
         assert await roundtrip(client, b"up") == b"up"
         proxy.drop_next_reply()
         await client.send(b"lost reply")
-        with anyio.fail_after(2), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+        with (
+            anyio.fail_after(scaled(2)),
+            pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)),
+        ):
             await client.receive()
         async with await anyio.connect_tcp("127.0.0.1", proxy.port) as again:
             assert await roundtrip(again, b"next") == b"next"
 
 
 @pytest.mark.asyncio
-async def test_reset_and_refuse() -> None:
+async def test_reset_and_refuse(scaled: Callable[[float], float]) -> None:
     async with proxied() as (proxy, client):
         assert await roundtrip(client, b"up") == b"up"  # the link exists before it is reset
         proxy.reset()
-        with anyio.fail_after(2), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+        with (
+            anyio.fail_after(scaled(2)),
+            pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)),
+        ):
             await client.receive()
         proxy.refuse()
         async with await anyio.connect_tcp("127.0.0.1", proxy.port) as refused:
-            with anyio.fail_after(2), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+            with (
+                anyio.fail_after(scaled(2)),
+                pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)),
+            ):
                 await refused.receive()
         proxy.heal()
         async with await anyio.connect_tcp("127.0.0.1", proxy.port) as healed:
@@ -162,27 +171,27 @@ def test_holder_event_lines() -> None:
 
 
 @pytest.mark.asyncio
-async def test_holder_process_reports_writes_blocks_and_release() -> None:
+async def test_holder_process_reports_writes_blocks_and_release(scaled: Callable[[float], float]) -> None:
     """The holder protocol, on the in-process memory backend of the holder's own process."""
     url = f"memory://holder-{uuid.uuid4().hex[:8]}?ttl=5"
     async with HolderProcess.start(url, "x", "--write-every", "0.02", "--commands") as holder:
-        held = await holder.next("held", 20)
+        held = await holder.next("held", scaled(20))
         assert held.token is not None
-        first = await holder.next("write", 5)
+        first = await holder.next("write", scaled(5))
         assert first.token == held.token
-        await holder.send("block 30")
-        blocked = await holder.next("blocked", 5)
+        await holder.send(f"block {scaled(30):g}")
+        blocked = await holder.next("blocked", scaled(5))
         await holder.send("go")
-        unblocked = await holder.next("unblocked", 5)
+        unblocked = await holder.next("unblocked", scaled(5))
         assert unblocked.at > blocked.at
         # The write right after the block comes before the loop runs anything else.
         after = [e for e in holder.events if e.at >= unblocked.at and e.kind != "state"]
         assert after[0] == unblocked
         assert after[1].kind == "write"
         await holder.send("release")
-        await holder.next("releasing", 5)
-        await holder.next("released", 5)
-        assert await holder.wait(10) == 0
+        await holder.next("releasing", scaled(5))
+        await holder.next("released", scaled(5))
+        assert await holder.wait(scaled(10)) == 0
     assert holder.seen("lost") == []
     assert all(e.at <= time.monotonic() for e in holder.events), "one clock for both processes"
 

@@ -25,9 +25,9 @@ def _url(scheme: str = "memory") -> str:
     return f"{scheme}://t-{uuid.uuid4().hex[:8]}"
 
 
-async def _until(check: Callable[[], bool]) -> None:
+async def _until(check: Callable[[], bool], scaled: Callable[[float], float]) -> None:
     """Wait for a condition on in-process state, yielding to other tasks in between."""
-    with anyio.fail_after(5):
+    with anyio.fail_after(scaled(5)):
         while not check():  # noqa: ASYNC110 - the store's queues have no event of their own
             await anyio.sleep(0.001)
 
@@ -37,7 +37,7 @@ def _queue(coord: coordination.Coordinator, name: str) -> list[Any]:
     return store.queues.get(("lock", name), [])
 
 
-async def test_waiters_acquire_in_fifo_order() -> None:
+async def test_waiters_acquire_in_fifo_order(scaled: Callable[[float], float]) -> None:
     url = _url()
     async with AsyncExitStack() as stack:
         holder = await stack.enter_async_context(coordination.connect(url))
@@ -52,12 +52,12 @@ async def test_waiters_acquire_in_fifo_order() -> None:
         async with anyio.create_task_group() as tg:
             for i in range(5):
                 tg.start_soon(wait, i)
-                await _until(lambda i=i: len(_queue(holder, "fifo")) == i + 2)  # type: ignore[misc]
+                await _until(lambda i=i: len(_queue(holder, "fifo")) == i + 2, scaled)  # type: ignore[misc]
             await held.release()
         assert order == list(range(5))
 
 
-async def test_a_release_wakes_exactly_one_waiter() -> None:
+async def test_a_release_wakes_exactly_one_waiter(scaled: Callable[[float], float]) -> None:
     url = _url()
     async with coordination.connect(url) as a, coordination.connect(url) as b:
         store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
@@ -70,14 +70,14 @@ async def test_a_release_wakes_exactly_one_waiter() -> None:
                     got.append(await b.lock("herd").acquire())
 
                 tg.start_soon(wait)
-            await _until(lambda: len(store.queues[("lock", "herd")]) == 11)
+            await _until(lambda: len(store.queues[("lock", "herd")]) == 11, scaled)
             before = store.wakeups
             await held.release()
-            await _until(lambda: len(got) == 1)
+            await _until(lambda: len(got) == 1, scaled)
             assert store.wakeups - before == 1, "only the next waiter may wake"
             for n in range(1, 10):
                 await got[-1].release()
-                await _until(lambda n=n: len(got) == n + 1)  # type: ignore[misc]
+                await _until(lambda n=n: len(got) == n + 1, scaled)  # type: ignore[misc]
             assert store.wakeups - before == 10
             await got[-1].release()
 
@@ -112,7 +112,9 @@ async def _stalling_backend() -> AsyncIterator[type[_Stalling]]:
         _Stalling.stalled = None
 
 
-async def test_local_deadline_passes_before_the_server_hands_the_lock_over() -> None:
+async def test_local_deadline_passes_before_the_server_hands_the_lock_over(
+    scaled: Callable[[float], float],
+) -> None:
     name = f"t-{uuid.uuid4().hex[:8]}"
     async with (
         _stalling_backend() as backend,
@@ -137,11 +139,11 @@ async def test_local_deadline_passes_before_the_server_hands_the_lock_over() -> 
             tg.start_soon(record)
             tg.start_soon(take)
             backend.stalled = anyio.Event()
-            with anyio.fail_after(5):
+            with anyio.fail_after(scaled(5)):
                 await held.wait_lost()
             times["a lost"] = time.monotonic()
             backend.stalled = None
-            with anyio.fail_after(5):
+            with anyio.fail_after(scaled(5)):
                 await b_acquired.wait()
             tg.cancel_scope.cancel()
         assert [s for s, _ in states][:3] == [
@@ -175,7 +177,9 @@ class _Outage(MemoryBackend):
         return session
 
 
-async def test_a_waiting_acquire_outlasts_an_outage_longer_than_the_operation_timeout() -> None:
+async def test_a_waiting_acquire_outlasts_an_outage_longer_than_the_operation_timeout(
+    scaled: Callable[[float], float],
+) -> None:
     name = f"t-{uuid.uuid4().hex[:8]}"
     coordination.register("outage", _Outage)
     try:
@@ -192,14 +196,14 @@ async def test_a_waiting_acquire_outlasts_an_outage_longer_than_the_operation_ti
 
                 tg.start_soon(wait)
                 _Outage.down = True
-                with anyio.fail_after(3):
+                with anyio.fail_after(scaled(3)):
                     async for state in waiter.states():
                         if state is SessionState.LOST:
                             break
                 await anyio.sleep(0.6)  # the outage lasts three operation timeouts
                 _Outage.down = False
                 await held.release()
-                with anyio.fail_after(5):
+                with anyio.fail_after(scaled(5)):
                     while not got:  # noqa: ASYNC110 - the waiting task sets no event
                         await anyio.sleep(0.01)
             assert got[0].held
@@ -215,6 +219,8 @@ class _ShieldedGrant(MemoryBackend):
     backend does that must learn the outcome of a lock request (Consul's)."""
 
     scheme = "shielded"
+    answer_after = 0.2
+    """Seconds the answer to a lock request takes once granted (longer than the caller waits)."""
 
     async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
         session = await super().open_session(ttl, monitor)
@@ -223,23 +229,25 @@ class _ShieldedGrant(MemoryBackend):
         async def shielded(contender: Any, *, blocking: bool) -> int | None:
             token = await wait_owner(contender, blocking=blocking)
             with anyio.CancelScope(shield=True):
-                await anyio.sleep(0.2)  # the answer to the lock request is on its way
+                await anyio.sleep(_ShieldedGrant.answer_after)  # the answer is on its way
             return token
 
         session.wait_owner = shielded  # type: ignore[method-assign]
         return session
 
 
-async def test_a_cancelled_acquire_never_returns_the_lock() -> None:
+async def test_a_cancelled_acquire_never_returns_the_lock(scaled: Callable[[float], float]) -> None:
     name = f"t-{uuid.uuid4().hex[:8]}"
     coordination.register("shielded", _ShieldedGrant)
+    # Both times scaled: the acquire is cancelled while the answer to its request is on its way.
+    _ShieldedGrant.answer_after = scaled(0.2)
     try:
         async with (
             coordination.connect(f"shielded://{name}") as a,
             coordination.connect(f"memory://{name}") as b,
         ):
             got: list[HeldLock] = []
-            with anyio.move_on_after(0.1) as scope:
+            with anyio.move_on_after(scaled(0.1)) as scope:
                 got.append(await a.lock("cancelled").acquire())
             assert scope.cancelled_caught, "the acquire was cancelled, it must not return"
             assert got == []
@@ -247,6 +255,7 @@ async def test_a_cancelled_acquire_never_returns_the_lock() -> None:
             assert nxt is not None, "the lock granted to a cancelled acquire was not released"
             await nxt.release()
     finally:
+        _ShieldedGrant.answer_after = 0.2
         coordination.unregister("shielded")
 
 
@@ -281,7 +290,7 @@ async def test_a_session_granted_late_is_renewed_before_its_deadline() -> None:
         coordination.unregister("slowgrant")
 
 
-async def test_unrenewed_session_expires_at_its_ttl() -> None:
+async def test_unrenewed_session_expires_at_its_ttl(scaled: Callable[[float], float]) -> None:
     url = _url()
     async with coordination.connect(url, ttl=0.5) as a, coordination.connect(url, ttl=0.5) as b:
         store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
@@ -289,10 +298,10 @@ async def test_unrenewed_session_expires_at_its_ttl() -> None:
         session_id = a.session_id
         a._supervisor.cancel()  # type: ignore[union-attr]  # a's keepalives stop, as if its process froze
         start = time.monotonic()
-        with anyio.fail_after(3):
+        with anyio.fail_after(scaled(3)):
             taken = await b.lock("ttl").acquire()
         waited = time.monotonic() - start
-        assert 0.3 < waited < 1.5, waited
+        assert 0.3 < waited < scaled(1.5), waited
         assert taken.token > held.token
         assert session_id not in store.sessions
         assert held.lost, "the store told the session it expired"
@@ -423,7 +432,9 @@ async def test_a_session_granted_after_its_deadline_is_not_installed() -> None:
         coordination.unregister("toolate")
 
 
-async def test_keepalive_retries_are_bounded_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+async def test_keepalive_retries_are_bounded_and_logged_once(
+    caplog: pytest.LogCaptureFixture, scaled: Callable[[float], float]
+) -> None:
     """Against a server that is down, keepalives are retried at most about ten times per TTL,
     and the failure is logged once per outage, not at every attempt."""
     coordination.register("outage", _Outage)
@@ -442,7 +453,7 @@ async def test_keepalive_retries_are_bounded_and_logged_once(caplog: pytest.LogC
             session.bs.keepalive = counted  # type: ignore[method-assign]
             caplog.set_level("INFO", logger="coordination")
             _Outage.down = True
-            with anyio.fail_after(3):
+            with anyio.fail_after(scaled(3)):
                 async for state in a.states():
                     if state is SessionState.LOST:
                         break

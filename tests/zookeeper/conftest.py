@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import anyio
@@ -23,9 +23,9 @@ TICK_MS = 100  # short ticks: sessions of a few hundred milliseconds are allowed
 
 
 @pytest.fixture(scope="session")
-def zookeeper_server() -> Iterator[ZooKeeperProcess]:
+def zookeeper_server(session_scaled: Callable[[float], float]) -> Iterator[ZooKeeperProcess]:
     """One standalone ZooKeeper for the whole run. A missing server fails the run, never skips it."""
-    with ZooKeeperProcess(tick_time_ms=TICK_MS) as server:
+    with ZooKeeperProcess(tick_time_ms=TICK_MS, start_timeout=session_scaled(60)) as server:
         yield server
 
 
@@ -38,7 +38,9 @@ def backend_session(coord: Coordinator, session_id: str | None = None) -> ZooKee
     return backend._sessions[session_id]
 
 
-async def close_session_from_outside(host: str, port: int, session_id: int, password: bytes) -> None:
+async def close_session_from_outside(
+    host: str, port: int, session_id: int, password: bytes, scaled: Callable[[float], float]
+) -> None:
     """The classic way to expire a session: attach to it from a second connection, then close it.
 
     Both requests go out in one write, so the server has the close queued before the victim
@@ -59,7 +61,7 @@ async def close_session_from_outside(host: str, port: int, session_id: int, pass
     close = protocol.CloseRequest()
     async with await anyio.connect_tcp(host, port) as stream:
         await stream.send(frame(attach.serialize()) + frame(close.serialize(1)))
-        with anyio.move_on_after(3):  # the server hangs up once the session is closed
+        with anyio.move_on_after(scaled(3)):  # the server hangs up once the session is closed
             try:
                 while await stream.receive():
                     pass
@@ -67,13 +69,14 @@ async def close_session_from_outside(host: str, port: int, session_id: int, pass
                 pass
 
 
-async def expire(coord: Coordinator, session_id: str | None = None) -> None:
-    """End ``coord``'s lock session from outside; return once its client knows it expired."""
+async def expire(coord: Coordinator, scaled: Callable[[float], float], session_id: str | None = None) -> None:
+    """End ``coord``'s lock session from outside; return once its client knows it expired.
+    ``scaled``: the test's fixture (or a harness's ``t``), for the waits."""
     session = backend_session(coord, session_id)
-    await expire_client(session.client)
+    await expire_client(session.client, scaled)
 
 
-async def expire_client(client: ZooKeeperClient) -> None:
+async def expire_client(client: ZooKeeperClient, scaled: Callable[[float], float]) -> None:
     """End ``client``'s ZooKeeper session from outside; return once the client saw it end."""
     host, port = client.conn.host, client.conn.port
     sid, password = client.session_id, client.password
@@ -86,8 +89,8 @@ async def expire_client(client: ZooKeeperClient) -> None:
     # Should the victim still win the race and take its session back, repeat (as kazoo's own
     # test harness does).
     for _ in range(5):
-        await close_session_from_outside(host, port, sid, password)
-        with anyio.move_on_after(3):
+        await close_session_from_outside(host, port, sid, password, scaled)
+        with anyio.move_on_after(scaled(3)):
             while not ended():
                 await client.changed()
             return
@@ -110,10 +113,10 @@ class ZooKeeperFixtures(CoordinationFixtures):
         return zookeeper_server
 
     async def expire_session(self, harness: Harness, coord: Coordinator, session_id: str) -> None:
-        await expire(coord, session_id)
+        await expire(coord, harness.t, session_id)
 
     def new_server(self, harness: Harness) -> ServerProcess:
-        return ZooKeeperProcess(tick_time_ms=TICK_MS)
+        return ZooKeeperProcess(tick_time_ms=TICK_MS, start_timeout=harness.t(60))
 
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Ephemeral znodes under the namespace (contenders), and sessions the server still keeps."""
@@ -133,7 +136,7 @@ class ZooKeeperFixtures(CoordinationFixtures):
                     pending += [f"{path}/{child}" for child in await backend.client.children(path)]
         if session_ids:
             assert isinstance(harness.server, ZooKeeperProcess)
-            dump = await anyio.to_thread.run_sync(harness.server.four_letter_word, "dump")
+            dump = await anyio.to_thread.run_sync(harness.server.four_letter_word, "dump", harness.t(5))
             found += [f"session {session_id}" for session_id in session_ids if session_id in dump]
         return found
 

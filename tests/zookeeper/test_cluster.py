@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -13,9 +13,9 @@ from .conftest import TICK_MS, ZooKeeperFixtures
 
 
 @pytest.fixture(scope="module")
-def shared_cluster() -> Iterator[ZooKeeperEnsemble]:
+def shared_cluster(session_scaled: Callable[[float], float]) -> Iterator[ZooKeeperEnsemble]:
     """A running 3-server ensemble, lent to each test (healed before and after it)."""
-    with ZooKeeperEnsemble(size=3, tick_time_ms=TICK_MS) as ensemble:
+    with ZooKeeperEnsemble(size=3, tick_time_ms=TICK_MS, start_timeout=session_scaled(90)) as ensemble:
         yield ensemble
 
 

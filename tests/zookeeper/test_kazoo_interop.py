@@ -25,9 +25,9 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def kazoo(zookeeper_server: ZooKeeperProcess) -> Iterator[KazooClient]:
+def kazoo(zookeeper_server: ZooKeeperProcess, scaled: Callable[[float], float]) -> Iterator[KazooClient]:
     client = KazooClient(hosts=zookeeper_server.address, timeout=5.0)
-    client.start(timeout=15)
+    client.start(timeout=scaled(15))
     try:
         yield client
     finally:
@@ -40,23 +40,28 @@ async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 async def within(seconds: float, awaitable: Awaitable[T], what: str) -> T:
+    """``awaitable``'s result, or the test fails after ``seconds`` (give them scaled)."""
     with anyio.move_on_after(seconds):
         return await awaitable
     pytest.fail(f"{what} did not happen within {seconds:g}s")
 
 
-async def until_contenders(kazoo: KazooClient, path: str, count: int) -> None:
+async def until_contenders(
+    kazoo: KazooClient, path: str, count: int, scaled: Callable[[float], float]
+) -> None:
     async def poll() -> None:
         while len(await in_thread(kazoo.get_children, path)) != count:  # noqa: ASYNC110 - polls the server
             await anyio.sleep(0.02)
 
-    await within(5, poll(), f"{count} contenders under {path}")
+    await within(scaled(5), poll(), f"{count} contenders under {path}")
 
 
-async def test_lock_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: str) -> None:
+async def test_lock_kazoo_then_sdk_then_kazoo(
+    kazoo: KazooClient, zk_url: str, scaled: Callable[[float], float]
+) -> None:
     path = "/" + zk_url.split("/", 3)[3] + "/shared"
     first = kazoo.Lock(path, "kazoo-1")
-    assert await in_thread(first.acquire, timeout=5)
+    assert await in_thread(first.acquire, timeout=scaled(5))
     async with coordination.connect(zk_url, identity="sdk-holder", **options()) as coord:
         lock = coord.lock("shared")
         assert await lock.try_acquire() is None, "a lock kazoo holds is not free"
@@ -67,7 +72,7 @@ async def test_lock_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: str) -
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(acquire)
-            await until_contenders(kazoo, path, 2)
+            await until_contenders(kazoo, path, 2, scaled)
             assert not got
             await in_thread(first.release)
         (held,) = got
@@ -86,11 +91,11 @@ async def test_lock_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: str) -
         async with anyio.create_task_group() as tg:
 
             async def kazoo_waits() -> None:
-                assert await in_thread(second.acquire, timeout=10)
+                assert await in_thread(second.acquire, timeout=scaled(10))
                 done.set()
 
             tg.start_soon(kazoo_waits)
-            await until_contenders(kazoo, path, 2)
+            await until_contenders(kazoo, path, 2, scaled)
             assert not done.is_set()
             await held.release()
         assert done.is_set()
@@ -102,19 +107,21 @@ async def test_lock_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: str) -
         await again.release()
 
 
-async def test_election_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: str) -> None:
+async def test_election_kazoo_then_sdk_then_kazoo(
+    kazoo: KazooClient, zk_url: str, scaled: Callable[[float], float]
+) -> None:
     path = "/" + zk_url.split("/", 3)[3] + "/vote"
     kazoo_leading, kazoo_resign = threading.Event(), threading.Event()
 
     def lead(event: threading.Event, resign: threading.Event) -> None:
         event.set()
-        resign.wait(15)
+        resign.wait(scaled(15))
 
     first = kazoo.Election(path, "kazoo-leader")
     async with coordination.connect(zk_url, **options()) as coord, anyio.create_task_group() as tg:
         election = coord.election("vote")
         tg.start_soon(in_thread, first.run, lead, kazoo_leading, kazoo_resign)
-        await within(5, in_thread(kazoo_leading.wait, 5), "kazoo leading")
+        await within(scaled(5), in_thread(kazoo_leading.wait, scaled(5)), "kazoo leading")
         (node,) = await in_thread(kazoo.get_children, path)
         _, stat = await in_thread(kazoo.get, f"{path}/{node}")
         assert await election.leader() == Leader(b"kazoo-leader", stat.czxid), "the SDK sees kazoo's leader"
@@ -126,7 +133,7 @@ async def test_election_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: st
 
         async with anyio.create_task_group() as inner:
             inner.start_soon(campaign)
-            await until_contenders(kazoo, path, 2)
+            await until_contenders(kazoo, path, 2, scaled)
             assert not got, "kazoo leads: the SDK must wait"
             kazoo_resign.set()
         (leadership,) = got
@@ -138,12 +145,12 @@ async def test_election_kazoo_then_sdk_then_kazoo(kazoo: KazooClient, zk_url: st
         second_leading, second_resign = threading.Event(), threading.Event()
         second = kazoo.Election(path, "kazoo-second")
         tg.start_soon(in_thread, second.run, lead, second_leading, second_resign)
-        await until_contenders(kazoo, path, 2)
+        await until_contenders(kazoo, path, 2, scaled)
         assert not second_leading.is_set()
         await leadership.proclaim(b"sdk-leader v2")
         assert (await in_thread(kazoo.Election(path).contenders))[0] == "sdk-leader v2"
         await leadership.resign()
-        await within(5, in_thread(second_leading.wait, 5), "kazoo taking over")
+        await within(scaled(5), in_thread(second_leading.wait, scaled(5)), "kazoo taking over")
         leader = await election.leader()
         assert leader is not None
         assert leader.value == b"kazoo-second"

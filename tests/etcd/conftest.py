@@ -7,7 +7,7 @@ fails the tests (``ServerNotInstalled``); it is never a skip.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -17,9 +17,11 @@ VERSIONS = ["3.4", "3.5"]
 
 
 @pytest.fixture(scope="session", params=VERSIONS, ids=[f"etcd{v}" for v in VERSIONS])
-def etcd_server(request: pytest.FixtureRequest) -> Iterator[EtcdProcess]:
+def etcd_server(
+    request: pytest.FixtureRequest, session_scaled: Callable[[float], float]
+) -> Iterator[EtcdProcess]:
     """A running single-member etcd of the parametrized version, shared by the session."""
-    with EtcdProcess(version=request.param) as server:
+    with EtcdProcess(version=request.param, start_timeout=session_scaled(60)) as server:
         yield server
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -13,9 +13,9 @@ from .test_conformance import EtcdFixtures
 
 
 @pytest.fixture(scope="module")
-def shared_cluster() -> Iterator[EtcdCluster]:
+def shared_cluster(session_scaled: Callable[[float], float]) -> Iterator[EtcdCluster]:
     """A running 3-member cluster, lent to each test (healed before and after it)."""
-    with EtcdCluster(size=3, version="3.5") as cluster:
+    with EtcdCluster(size=3, version="3.5", start_timeout=session_scaled(90)) as cluster:
         yield cluster
 
 

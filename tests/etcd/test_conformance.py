@@ -34,7 +34,7 @@ class EtcdFixtures(CoordinationFixtures):
 
     def new_server(self, harness: Harness) -> ServerProcess:
         assert isinstance(harness.server, EtcdProcess)
-        return EtcdProcess(version=harness.server.version)
+        return EtcdProcess(version=harness.server.version, start_timeout=harness.t(60))
 
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Keys bound to a lease under the namespace (contenders), and leases still granted."""

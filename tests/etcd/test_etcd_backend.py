@@ -30,9 +30,10 @@ def _increasing(values: Sequence[int]) -> bool:
 
 
 class Changes:
-    """Wait for a condition that tests' instrumentation makes true."""
+    """Wait for a condition that tests' instrumentation makes true, within scaled seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, scaled: Callable[[float], float]) -> None:
+        self._scaled = scaled
         self._event = anyio.Event()
 
     def changed(self) -> None:
@@ -40,7 +41,7 @@ class Changes:
         self._event = anyio.Event()
 
     async def until(self, condition: Callable[[], bool], seconds: float = 10) -> None:
-        with anyio.fail_after(seconds):
+        with anyio.fail_after(self._scaled(seconds)):
             while not condition():
                 await self._event.wait()
 
@@ -50,12 +51,12 @@ class Changes:
 
 @asyncio
 async def test_release_wakes_only_the_next_waiter(
-    etcd_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+    etcd_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch, scaled: Callable[[float], float]
 ) -> None:
     """Each waiter watches exactly the key created just before its own, and is woken once."""
     watched: dict[int, list[bytes]] = defaultdict(list)  # id(client) -> keys watched
     woken: Counter[int] = Counter()  # id(client) -> event batches delivered
-    changes = Changes()
+    changes = Changes(scaled)
     original_watch = EtcdClient.watch
 
     class Counted:
@@ -107,7 +108,9 @@ async def test_release_wakes_only_the_next_waiter(
 
 
 @asyncio
-async def test_tasks_of_one_session_exclude_each_other(etcd_url: str) -> None:
+async def test_tasks_of_one_session_exclude_each_other(
+    etcd_url: str, scaled: Callable[[float], float]
+) -> None:
     """Tasks sharing a coordinator take turns on one lock; every turn has a new token."""
     inside = 0
     tokens: list[int] = []
@@ -123,7 +126,7 @@ async def test_tasks_of_one_session_exclude_each_other(etcd_url: str) -> None:
                     await anyio.lowlevel.checkpoint()
                     inside -= 1
 
-        with anyio.fail_after(20):
+        with anyio.fail_after(scaled(20)):
             async with anyio.create_task_group() as tg:
                 for _ in range(3):
                     tg.start_soon(worker)
@@ -161,10 +164,12 @@ async def test_keys_that_are_not_contenders_never_block(etcd_url: str, namespace
 
 
 @asyncio
-async def test_one_keepalive_stream_per_session(etcd_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_one_keepalive_stream_per_session(
+    etcd_url: str, monkeypatch: pytest.MonkeyPatch, scaled: Callable[[float], float]
+) -> None:
     streams = 0
     renewals = 0
-    changes = Changes()
+    changes = Changes(scaled)
     original_stream = EtcdClient.keepalive_stream
     original_round_trip = KeepAliveStream.round_trip
 
@@ -192,7 +197,7 @@ async def test_one_keepalive_stream_per_session(etcd_url: str, monkeypatch: pyte
 
 @asyncio
 async def test_closing_leaves_no_lease_key_or_task(
-    etcd_server: EtcdProcess, etcd_url: str, namespace: str
+    etcd_server: EtcdProcess, etcd_url: str, namespace: str, scaled: Callable[[float], float]
 ) -> None:
     before = set(asyncio_tasks())
     async with sessions(etcd_url, 1) as (coord,):
@@ -204,7 +209,7 @@ async def test_closing_leaves_no_lease_key_or_task(
             watching = [anyio.Event(), anyio.Event()]
             tg.start_soon(_drain, coord.config("c").watch(), watching[0])
             tg.start_soon(_drain, coord.election("b").observe(), watching[1])
-            with anyio.fail_after(5):
+            with anyio.fail_after(scaled(5)):
                 for event in watching:
                     await event.wait()
             tg.cancel_scope.cancel()
@@ -235,7 +240,9 @@ async def _watch_into(seen: list[Any], changes: Changes, items: AsyncIterator[An
 
 
 @asyncio
-async def test_watch_resumes_after_a_broken_stream(etcd_server: EtcdProcess, namespace: str) -> None:
+async def test_watch_resumes_after_a_broken_stream(
+    etcd_server: EtcdProcess, namespace: str, scaled: Callable[[float], float]
+) -> None:
     """Writes made while the watcher is cut off all arrive, in order, once it is back."""
     async with (
         FaultProxy(etcd_server.host, etcd_server.port) as proxy,
@@ -245,7 +252,7 @@ async def test_watch_resumes_after_a_broken_stream(etcd_server: EtcdProcess, nam
         cfg = writer.config("resumed")
         v0 = await cfg.set(b"0")
         seen: list[Versioned | None] = []
-        changes = Changes()
+        changes = Changes(scaled)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_into, seen, changes, reader.config("resumed").watch())
             await changes.until(lambda: len(seen) == 1)
@@ -261,7 +268,9 @@ async def test_watch_resumes_after_a_broken_stream(etcd_server: EtcdProcess, nam
 
 
 @asyncio
-async def test_compaction_while_the_watcher_is_behind(etcd_server: EtcdProcess, namespace: str) -> None:
+async def test_compaction_while_the_watcher_is_behind(
+    etcd_server: EtcdProcess, namespace: str, scaled: Callable[[float], float]
+) -> None:
     """If the revisions a watcher missed were compacted, it reads again and goes on from the latest."""
     async with (
         FaultProxy(etcd_server.host, etcd_server.port) as proxy,
@@ -271,7 +280,7 @@ async def test_compaction_while_the_watcher_is_behind(etcd_server: EtcdProcess, 
         cfg = writer.config("compacted")
         v0 = await cfg.set(b"0")
         seen: list[Versioned | None] = []
-        changes = Changes()
+        changes = Changes(scaled)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_into, seen, changes, reader.config("compacted").watch())
             await changes.until(lambda: len(seen) == 1)
@@ -288,7 +297,9 @@ async def test_compaction_while_the_watcher_is_behind(etcd_server: EtcdProcess, 
 
 
 @asyncio
-async def test_observe_after_compaction_while_behind(etcd_server: EtcdProcess, namespace: str) -> None:
+async def test_observe_after_compaction_while_behind(
+    etcd_server: EtcdProcess, namespace: str, scaled: Callable[[float], float]
+) -> None:
     async with (
         FaultProxy(etcd_server.host, etcd_server.port) as proxy,
         sessions(etcd_server.url + f"/{namespace}", 2) as (a, b),
@@ -296,7 +307,7 @@ async def test_observe_after_compaction_while_behind(etcd_server: EtcdProcess, n
     ):
         leading = await a.election("obs").campaign(b"a1")
         seen: list[Leader | None] = []
-        changes = Changes()
+        changes = Changes(scaled)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_into, seen, changes, observer.election("obs").observe())
             await changes.until(lambda: len(seen) == 1)
@@ -317,14 +328,16 @@ async def test_observe_after_compaction_while_behind(etcd_server: EtcdProcess, n
 
 
 @asyncio
-async def test_session_survives_an_etcd_restart(etcd_server: EtcdProcess, etcd_url: str) -> None:
+async def test_session_survives_an_etcd_restart(
+    etcd_server: EtcdProcess, etcd_url: str, scaled: Callable[[float], float]
+) -> None:
     """etcd keeps leases across a restart: while it is down the session is SUSPENDED, then
     CONNECTED again with the same lease, the lock still held."""
     async with sessions(etcd_url, 1, ttl=10) as (coord,):
         held = await coord.lock("restart").acquire()
         session = coord.session_id
         states: list[SessionState] = []
-        changes = Changes()
+        changes = Changes(scaled)
 
         async def follow() -> None:
             async for state in coord.states():
@@ -372,7 +385,7 @@ async def test_lost_reply_to_the_create_leaves_no_key(etcd_server: EtcdProcess, 
 
 @asyncio
 async def test_a_cut_off_holder_knows_it_lost_before_another_acquires(
-    etcd_server: EtcdProcess, namespace: str
+    etcd_server: EtcdProcess, namespace: str, scaled: Callable[[float], float]
 ) -> None:
     """Cut a holder off etcd: its local deadline (from the send time of the last acknowledged
     keepalive, minus a margin) passes before etcd expires the lease and hands the lock on."""
@@ -391,7 +404,7 @@ async def test_a_cut_off_holder_knows_it_lost_before_another_acquires(
 
             tg.start_soon(watch_loss)
             proxy.blackhole()
-            taken = await other.lock("cut").acquire(timeout=10)
+            taken = await other.lock("cut").acquire(timeout=scaled(10))
             taken_at = time.monotonic()
             proxy.heal()
         assert held.lost
@@ -404,10 +417,12 @@ async def test_a_cut_off_holder_knows_it_lost_before_another_acquires(
 
 
 @asyncio
-async def test_several_hosts_skip_a_dead_one(etcd_server: EtcdProcess, namespace: str) -> None:
+async def test_several_hosts_skip_a_dead_one(
+    etcd_server: EtcdProcess, namespace: str, scaled: Callable[[float], float]
+) -> None:
     url = f"etcd://127.0.0.1:{free_port()},{etcd_server.host}:{etcd_server.port}/{namespace}"
     async with sessions(url, 1) as (coord,):
-        held = await coord.lock("multi").acquire(timeout=5)
+        held = await coord.lock("multi").acquire(timeout=scaled(5))
         await held.release()
         assert await coord.config("multi").set(b"x") > 0
 
@@ -437,7 +452,9 @@ def test_options_are_checked_before_any_io(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @asyncio
-async def test_watches_and_waiters_go_on_across_failovers(etcd_server: EtcdProcess, namespace: str) -> None:
+async def test_watches_and_waiters_go_on_across_failovers(
+    etcd_server: EtcdProcess, namespace: str, scaled: Callable[[float], float]
+) -> None:
     """A failover replaces the channel (two in a row close the first): an idle watch, an idle
     observe and a waiting acquire on the old channel go on, on the new one, and end with no
     error of their own."""
@@ -453,7 +470,7 @@ async def test_watches_and_waiters_go_on_across_failovers(etcd_server: EtcdProce
         seen: list[Versioned | None] = []
         leaders: list[Leader | None] = []
         got: list[coordination.HeldLock] = []
-        changes = Changes()
+        changes = Changes(scaled)
 
         async def observe() -> None:
             async for leader in moving.election("moved-e").observe():

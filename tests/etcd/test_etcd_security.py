@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,9 +55,11 @@ def make_certificates(folder: Path) -> dict[str, str]:
 class SecureEtcd(EtcdProcess):
     """The test etcd with HTTPS only, client certificates required, and short-lived auth tokens."""
 
-    def __init__(self, version: Literal["3.4", "3.5"], files: dict[str, str]) -> None:
+    def __init__(
+        self, version: Literal["3.4", "3.5"], files: dict[str, str], *, start_timeout: float
+    ) -> None:
         self.files = files
-        super().__init__(version)
+        super().__init__(version, start_timeout=start_timeout)
 
     @property
     def client_url(self) -> str:
@@ -88,10 +90,12 @@ class SecureEtcd(EtcdProcess):
 
 @pytest.fixture(scope="module", params=VERSIONS, ids=[f"etcd{v}" for v in VERSIONS])
 def secure_etcd(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    session_scaled: Callable[[float], float],
 ) -> Iterator[SecureEtcd]:
     files = make_certificates(tmp_path_factory.mktemp("certs"))
-    with SecureEtcd(request.param, files) as server:
+    with SecureEtcd(request.param, files, start_timeout=session_scaled(60)) as server:
         server.etcdctl("user", "add", f"root:{PASSWORD}")
         server.etcdctl("auth", "enable")
         yield server
@@ -105,7 +109,7 @@ def secure_url(server: SecureEtcd, **query: str) -> str:
 
 @asyncio
 async def test_tls_with_client_certificate_and_password(
-    secure_etcd: SecureEtcd, monkeypatch: pytest.MonkeyPatch
+    secure_etcd: SecureEtcd, monkeypatch: pytest.MonkeyPatch, scaled: Callable[[float], float]
 ) -> None:
     """Everything works over mutual TLS with a user, also after the auth token expired."""
     logins = 0
@@ -135,12 +139,12 @@ async def test_tls_with_client_certificate_and_password(
             tg.start_soon(watch)
             version = await config.set(b"one")
             # etcd drops a token unused for a second: the next request fetches a new one.
-            with anyio.fail_after(15):
+            with anyio.fail_after(scaled(15)):
                 while logins < 2:
                     await anyio.sleep(1.5)  # idle, so that the token expires
                     assert await config.get() == Versioned(b"one", version)
             newer = await config.set(b"two")
-            with anyio.fail_after(10):
+            with anyio.fail_after(scaled(10)):
                 await two.wait()
             tg.cancel_scope.cancel()
         assert seen[-1] == Versioned(b"two", newer)

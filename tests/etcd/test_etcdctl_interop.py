@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -24,8 +24,11 @@ asyncio = pytest.mark.asyncio
 
 
 @asynccontextmanager
-async def etcdctl(server: EtcdProcess, *args: str) -> AsyncIterator[tuple[Process, Lines]]:
-    """Run ``etcdctl ARGS`` against ``server`` in the background; SIGTERM it at the end."""
+async def etcdctl(
+    server: EtcdProcess, *args: str, scaled: Callable[[float], float]
+) -> AsyncIterator[tuple[Process, Lines]]:
+    """Run ``etcdctl ARGS`` against ``server`` in the background; SIGTERM it at the end (and wait
+    a scaled 10 s for it to exit)."""
     process = await anyio.open_process(
         [str(find_etcdctl()), *args],
         env={**server.etcdctl_env(), "PATH": "/usr/bin:/bin"},
@@ -36,7 +39,7 @@ async def etcdctl(server: EtcdProcess, *args: str) -> AsyncIterator[tuple[Proces
         try:
             yield process, Lines(process.stdout)
         finally:
-            with anyio.CancelScope(shield=True), anyio.fail_after(10):
+            with anyio.CancelScope(shield=True), anyio.fail_after(scaled(10)):
                 await stop(process)
 
 
@@ -46,21 +49,23 @@ def create_revision(server: EtcdProcess, key: str) -> int:
 
 
 @asyncio
-async def test_etcdctl_lock_excludes_the_sdk(etcd_server: EtcdProcess, etcd_url: str, namespace: str) -> None:
-    async with etcdctl(etcd_server, "lock", f"{namespace}/l") as (process, out):
-        with anyio.fail_after(10):
+async def test_etcdctl_lock_excludes_the_sdk(
+    etcd_server: EtcdProcess, etcd_url: str, namespace: str, scaled: Callable[[float], float]
+) -> None:
+    async with etcdctl(etcd_server, "lock", f"{namespace}/l", scaled=scaled) as (process, out):
+        with anyio.fail_after(scaled(10)):
             key = await out.next()  # printed once etcdctl holds the lock
         assert key.startswith(f"{namespace}/l/")
         async with sessions(etcd_url, 1) as (coord,):
             assert await coord.lock("l").try_acquire() is None
             with pytest.raises(AcquireTimeout):
-                await coord.lock("l").acquire(timeout=0.5)
+                await coord.lock("l").acquire(timeout=scaled(0.5))
             theirs = create_revision(etcd_server, key)
             async with anyio.create_task_group() as tg:
                 got = []
 
                 async def wait() -> None:
-                    got.append(await coord.lock("l").acquire(timeout=10))
+                    got.append(await coord.lock("l").acquire(timeout=scaled(10)))
 
                 tg.start_soon(wait)
                 await wait_for_keys(client_of(coord), f"{namespace}/l/".encode(), 2)
@@ -71,16 +76,20 @@ async def test_etcdctl_lock_excludes_the_sdk(etcd_server: EtcdProcess, etcd_url:
 
 
 @asyncio
-async def test_sdk_lock_excludes_etcdctl(etcd_server: EtcdProcess, etcd_url: str, namespace: str) -> None:
+async def test_sdk_lock_excludes_etcdctl(
+    etcd_server: EtcdProcess, etcd_url: str, namespace: str, scaled: Callable[[float], float]
+) -> None:
     async with sessions(etcd_url, 1) as (coord,):
         held = await coord.lock("l").acquire()
-        async with etcdctl(etcd_server, "lock", f"{namespace}/l", "echo", "etcdctl-has-it") as (process, out):
+        async with etcdctl(
+            etcd_server, "lock", f"{namespace}/l", "echo", "etcdctl-has-it", scaled=scaled
+        ) as (process, out):
             keys = await wait_for_keys(client_of(coord), f"{namespace}/l/".encode(), 2)
             ours = f"{namespace}/l/{coord.session_id}".encode()
             assert keys[0] == ours, "our key is first: etcdctl waits behind it"
             assert process.returncode is None
             await held.release()
-            with anyio.fail_after(10):
+            with anyio.fail_after(scaled(10)):
                 assert await out.next() == "etcdctl-has-it"
                 assert await process.wait() == 0
         again = await coord.lock("l").try_acquire()
@@ -91,13 +100,13 @@ async def test_sdk_lock_excludes_etcdctl(etcd_server: EtcdProcess, etcd_url: str
 
 @asyncio
 async def test_etcdctl_elect_listen_shows_the_sdk_leader(
-    etcd_server: EtcdProcess, etcd_url: str, namespace: str
+    etcd_server: EtcdProcess, etcd_url: str, namespace: str, scaled: Callable[[float], float]
 ) -> None:
     async with sessions(etcd_url, 1) as (coord,):
         leadership = await coord.election("e").campaign(b"sdk-1")
         ours = f"{namespace}/e/{coord.session_id}"
-        async with etcdctl(etcd_server, "elect", "-l", f"{namespace}/e") as (_, out):
-            with anyio.fail_after(10):
+        async with etcdctl(etcd_server, "elect", "-l", f"{namespace}/e", scaled=scaled) as (_, out):
+            with anyio.fail_after(scaled(10)):
                 assert [await out.next(), await out.next()] == [ours, "sdk-1"]
                 await leadership.proclaim(b"sdk-2")
                 assert [await out.next(), await out.next()] == [ours, "sdk-2"]
@@ -106,12 +115,14 @@ async def test_etcdctl_elect_listen_shows_the_sdk_leader(
 
 
 @asyncio
-async def test_sdk_sees_the_etcdctl_leader(etcd_server: EtcdProcess, etcd_url: str, namespace: str) -> None:
+async def test_sdk_sees_the_etcdctl_leader(
+    etcd_server: EtcdProcess, etcd_url: str, namespace: str, scaled: Callable[[float], float]
+) -> None:
     async with (
         sessions(etcd_url, 1) as (coord,),
-        etcdctl(etcd_server, "elect", f"{namespace}/e", "etcdctl-leader") as (process, out),
+        etcdctl(etcd_server, "elect", f"{namespace}/e", "etcdctl-leader", scaled=scaled) as (process, out),
     ):
-        with anyio.fail_after(10):
+        with anyio.fail_after(scaled(10)):
             key = await out.next()  # printed once elected
             assert await out.next() == "etcdctl-leader"
         theirs = Leader(b"etcdctl-leader", create_revision(etcd_server, key))
@@ -123,7 +134,7 @@ async def test_sdk_sees_the_etcdctl_leader(etcd_server: EtcdProcess, etcd_url: s
             got = []
 
             async def campaign() -> None:
-                got.append(await coord.election("e").campaign(b"sdk", timeout=10))
+                got.append(await coord.election("e").campaign(b"sdk", timeout=scaled(10)))
 
             tg.start_soon(campaign)
             await wait_for_keys(client_of(coord), f"{namespace}/e/".encode(), 2)

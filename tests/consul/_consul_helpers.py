@@ -6,6 +6,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -16,18 +17,22 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from coordination.testing.servers import ConsulProcess, find_consul
 
 
-def _get(url: str) -> tuple[int, Any]:
+def _get(url: str, timeout: float) -> tuple[int, Any]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return int(response.status), json.loads(response.read())
     except urllib.error.HTTPError as error:
         with error:
             return int(error.code), None
 
 
-async def raw_kv(server: ConsulProcess, key: str) -> dict[str, Any] | None:
-    """The KV pair of ``key`` straight from the agent's HTTP API (consistent), or ``None``."""
-    status, body = await anyio.to_thread.run_sync(_get, f"{server.http_url}/v1/kv/{key}?consistent")
+async def raw_kv(
+    server: ConsulProcess, key: str, *, scaled: Callable[[float], float]
+) -> dict[str, Any] | None:
+    """The KV pair of ``key`` straight from the agent's HTTP API (consistent), or ``None``.
+    ``scaled``: the test's fixture (the request's timeout is a scaled 10 s)."""
+    url = f"{server.http_url}/v1/kv/{key}?consistent"
+    status, body = await anyio.to_thread.run_sync(_get, url, scaled(10))
     if status == 404:
         return None
     assert status == 200, status
@@ -36,9 +41,13 @@ async def raw_kv(server: ConsulProcess, key: str) -> dict[str, Any] | None:
     return pair
 
 
-async def raw_session(server: ConsulProcess, session_id: str) -> dict[str, Any] | None:
-    """The session ``session_id`` as the agent reports it, or ``None`` if it does not exist."""
-    status, body = await anyio.to_thread.run_sync(_get, f"{server.http_url}/v1/session/info/{session_id}")
+async def raw_session(
+    server: ConsulProcess, session_id: str, *, scaled: Callable[[float], float]
+) -> dict[str, Any] | None:
+    """The session ``session_id`` as the agent reports it, or ``None`` if it does not exist.
+    ``scaled``: the test's fixture (the request's timeout is a scaled 10 s)."""
+    url = f"{server.http_url}/v1/session/info/{session_id}"
+    status, body = await anyio.to_thread.run_sync(_get, url, scaled(10))
     assert status == 200, status
     return body[0] if body else None
 
@@ -53,9 +62,13 @@ class ConsulLockCLI:
 
     ``async with`` starts it; :meth:`locked` waits for the child to run (the lock is held);
     :meth:`finish` lets the child exit, so that ``consul lock`` releases the lock and exits.
+    ``scaled``: the test's fixture (at the end, ``consul lock`` gets a scaled 10 s to exit).
     """
 
-    def __init__(self, env: dict[str, str], prefix: str, *options: str) -> None:
+    def __init__(
+        self, env: dict[str, str], prefix: str, *options: str, scaled: Callable[[float], float]
+    ) -> None:
+        self.scaled = scaled
         self.env = env
         self.prefix = prefix
         self.options = options
@@ -101,7 +114,7 @@ class ConsulLockCLI:
         with anyio.CancelScope(shield=True):
             if process.returncode is None:
                 process.terminate()  # consul lock stops its child and releases the lock
-                with anyio.move_on_after(10):
+                with anyio.move_on_after(self.scaled(10)):
                     await process.wait()
                 if process.returncode is None:
                     process.kill()

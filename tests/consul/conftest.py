@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,9 +16,9 @@ from coordination.testing.servers import ConsulProcess
 
 
 @pytest.fixture(scope="session")
-def consul_server() -> Iterator[ConsulProcess]:
+def consul_server(session_scaled: Callable[[float], float]) -> Iterator[ConsulProcess]:
     """The agent; ``session_ttl_min`` is 1s so that short TTLs (and expiry tests) are allowed."""
-    server = ConsulProcess(session_ttl_min="1s")
+    server = ConsulProcess(session_ttl_min="1s", start_timeout=session_scaled(60))
     server.start()
     try:
         yield server

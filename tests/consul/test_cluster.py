@@ -7,7 +7,7 @@ long as their TTL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,9 +18,9 @@ from coordination.testing.servers import ConsulCluster
 
 
 @pytest.fixture(scope="module")
-def shared_cluster() -> Iterator[ConsulCluster]:
+def shared_cluster(session_scaled: Callable[[float], float]) -> Iterator[ConsulCluster]:
     """3 running servers and a client agent, lent to each test (healed before and after it)."""
-    with ConsulCluster(servers=3, session_ttl_min="1s") as cluster:
+    with ConsulCluster(servers=3, session_ttl_min="1s", start_timeout=session_scaled(90)) as cluster:
         yield cluster
 
 

@@ -10,7 +10,7 @@ times are the machine's one monotonic clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -24,13 +24,15 @@ LOCK_DELAY = 2.0
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[ConsulCluster]:
-    with ConsulCluster(client_leave_on_terminate=True) as started:
+def cluster(session_scaled: Callable[[float], float]) -> Iterator[ConsulCluster]:
+    with ConsulCluster(client_leave_on_terminate=True, start_timeout=session_scaled(90)) as started:
         yield started
 
 
 @pytest.mark.asyncio
-async def test_holder_learns_of_its_agent_leaving_before_anyone_can_acquire(cluster: ConsulCluster) -> None:
+async def test_holder_learns_of_its_agent_leaving_before_anyone_can_acquire(
+    cluster: ConsulCluster, scaled: Callable[[float], float]
+) -> None:
     client = cluster.client
     servers = ",".join(node.address for node in cluster.nodes)
     options = f"ttl={TTL:g}&lock_delay={LOCK_DELAY:g}&timeout=3"
@@ -40,15 +42,15 @@ async def test_holder_learns_of_its_agent_leaving_before_anyone_can_acquire(clus
         HolderProcess.start(holder_url, "job", label="the holder process") as holder,
         coordination.connect(f"consul://{servers}/leaves", ttl=TTL, lock_delay=LOCK_DELAY) as contender,
     ):
-        held = await holder.next("held", 30)
+        held = await holder.next("held", scaled(30))
         assert await contender.lock("job").try_acquire() is None, "the lock is not exclusive"
         left = time.monotonic()
         await anyio.to_thread.run_sync(client.stop)  # SIGTERM: the agent leaves the cluster
-        with anyio.fail_after(LOCK_DELAY + TTL):
+        with anyio.fail_after(scaled(LOCK_DELAY + TTL)):
             taken = await contender.lock("job").acquire()
         taken_at = time.monotonic()
-        lost = await holder.next("lost", 5)
-        assert await holder.wait(10) == LOST_STATUS
+        lost = await holder.next("lost", scaled(5))
+        assert await holder.wait(scaled(10)) == LOST_STATUS
         assert holder.seen("cancelled"), "the holder's body was not cancelled"
         assert held.token is not None
         assert taken.token > held.token

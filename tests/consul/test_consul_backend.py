@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -47,15 +47,17 @@ def namespace(url: str) -> str:
     return url.rsplit("/", 1)[1]
 
 
-def _put(url: str, body: bytes = b"") -> Any:
+def _put(url: str, body: bytes, timeout: float) -> Any:
     request = urllib.request.Request(url, data=body, method="PUT")
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-async def raw_put(server: ConsulProcess, path: str, body: bytes = b"") -> Any:
-    """``PUT /v1/<path>`` straight to the agent (not through the SDK)."""
-    return await anyio.to_thread.run_sync(_put, f"{server.http_url}/v1/{path}", body)
+async def raw_put(
+    server: ConsulProcess, path: str, body: bytes = b"", *, scaled: Callable[[float], float]
+) -> Any:
+    """``PUT /v1/<path>`` straight to the agent (not through the SDK), within a scaled 10 s."""
+    return await anyio.to_thread.run_sync(_put, f"{server.http_url}/v1/{path}", body, scaled(10))
 
 
 # -- pure helpers ----------------------------------------------------------------------------
@@ -196,12 +198,14 @@ async def test_token_is_a_header_never_in_a_url(
 
 
 @pytest.mark.asyncio
-async def test_layout_and_session_on_the_server(consul_server: ConsulProcess, consul_url: str) -> None:
+async def test_layout_and_session_on_the_server(
+    consul_server: ConsulProcess, consul_url: str, scaled: Callable[[float], float]
+) -> None:
     ns = namespace(consul_url)
     async with coordination.connect(consul_url, identity="worker-7", **OPTIONS) as coord:
         session_id = coord.session_id
         assert session_id is not None
-        info = await raw_session(consul_server, session_id)
+        info = await raw_session(consul_server, session_id, scaled=scaled)
         assert info is not None
         assert info["TTL"] == "3s"
         assert info["LockDelay"] == 1_000_000_000  # nanoseconds
@@ -216,73 +220,95 @@ async def test_layout_and_session_on_the_server(consul_server: ConsulProcess, co
         assert coord._session.bs.keepalive_interval == pytest.approx(1 / 3)
 
         held = await coord.lock("jobs/nightly").acquire()
-        pair = await raw_kv(consul_server, f"{ns}/jobs/nightly/.lock")
+        pair = await raw_kv(consul_server, f"{ns}/jobs/nightly/.lock", scaled=scaled)
         assert pair is not None
         assert (pair["Flags"], pair["Session"], pair["Value"]) == (LOCK_FLAG_VALUE, session_id, b"worker-7")
         assert pair_token(pair) == held.token
 
         leadership = await coord.election("jobs/nightly").campaign(b"node-a")
-        pair = await raw_kv(consul_server, f"{ns}/jobs/nightly/.election/.lock")
+        pair = await raw_kv(consul_server, f"{ns}/jobs/nightly/.election/.lock", scaled=scaled)
         assert pair is not None
         assert (pair["Flags"], pair["Session"], pair["Value"]) == (LOCK_FLAG_VALUE, session_id, b"node-a")
         await leadership.proclaim(b"node-a v2")
-        proclaimed = await raw_kv(consul_server, f"{ns}/jobs/nightly/.election/.lock")
+        proclaimed = await raw_kv(consul_server, f"{ns}/jobs/nightly/.election/.lock", scaled=scaled)
         assert proclaimed is not None
         assert proclaimed["Value"] == b"node-a v2"
         assert pair_token(proclaimed) == leadership.token, "proclaim keeps the term's token"
         assert proclaimed["ModifyIndex"] > pair["ModifyIndex"]
 
         version = await coord.config("settings").set(b"v")
-        config = await raw_kv(consul_server, f"{ns}/settings")
+        config = await raw_kv(consul_server, f"{ns}/settings", scaled=scaled)
         assert config is not None
         assert config["ModifyIndex"] == version
         assert config["Value"] == b"v"
 
         await held.release()
-        assert await raw_kv(consul_server, f"{ns}/jobs/nightly/.lock") is None, "release deletes the key"
+        assert await raw_kv(consul_server, f"{ns}/jobs/nightly/.lock", scaled=scaled) is None, (
+            "release deletes the key"
+        )
     # Closing released the election key (no lock-delay) and destroyed the session.
-    assert await raw_kv(consul_server, f"{ns}/jobs/nightly/.election/.lock") is None
-    assert await raw_session(consul_server, session_id) is None
+    assert await raw_kv(consul_server, f"{ns}/jobs/nightly/.election/.lock", scaled=scaled) is None
+    assert await raw_session(consul_server, session_id, scaled=scaled) is None
 
 
 @pytest.mark.asyncio
 async def test_tokens_increase_over_released_and_recreated_keys(
-    consul_server: ConsulProcess, consul_url: str
+    consul_server: ConsulProcess, consul_url: str, scaled: Callable[[float], float]
 ) -> None:
     """Token = CreateIndex + LockIndex - 1, through a foreign session that leaves the key behind."""
     ns = namespace(consul_url)
     key = f"{ns}/mixed/.lock"
-    foreign = (await raw_put(consul_server, "session/create", b'{"TTL": "10s", "LockDelay": "0s"}'))["ID"]
+    foreign = (
+        await raw_put(consul_server, "session/create", b'{"TTL": "10s", "LockDelay": "0s"}', scaled=scaled)
+    )["ID"]
     try:
-        assert await raw_put(consul_server, f"kv/{key}?acquire={foreign}&flags={LOCK_FLAG_VALUE}") is True
-        first = await raw_kv(consul_server, key)
+        assert (
+            await raw_put(consul_server, f"kv/{key}?acquire={foreign}&flags={LOCK_FLAG_VALUE}", scaled=scaled)
+            is True
+        )
+        first = await raw_kv(consul_server, key, scaled=scaled)
         assert first is not None
-        assert await raw_put(consul_server, f"kv/{key}?release={foreign}&flags={LOCK_FLAG_VALUE}") is True
+        assert (
+            await raw_put(consul_server, f"kv/{key}?release={foreign}&flags={LOCK_FLAG_VALUE}", scaled=scaled)
+            is True
+        )
         async with coordination.connect(consul_url, **OPTIONS) as coord:
-            held = await coord.lock("mixed").acquire(timeout=5)  # LockIndex 2 on the same key
+            held = await coord.lock("mixed").acquire(timeout=scaled(5))  # LockIndex 2 on the same key
             assert held.token > pair_token(first)
             await held.release()  # deletes the key
-            assert await raw_put(consul_server, f"kv/{key}?acquire={foreign}&flags={LOCK_FLAG_VALUE}") is True
-            recreated = await raw_kv(consul_server, key)
+            assert (
+                await raw_put(
+                    consul_server, f"kv/{key}?acquire={foreign}&flags={LOCK_FLAG_VALUE}", scaled=scaled
+                )
+                is True
+            )
+            recreated = await raw_kv(consul_server, key, scaled=scaled)
             assert recreated is not None
             assert recreated["LockIndex"] == 1
             assert pair_token(recreated) > held.token
-            assert await raw_put(consul_server, f"kv/{key}?release={foreign}&flags={LOCK_FLAG_VALUE}") is True
-            again = await coord.lock("mixed").acquire(timeout=5)
+            assert (
+                await raw_put(
+                    consul_server, f"kv/{key}?release={foreign}&flags={LOCK_FLAG_VALUE}", scaled=scaled
+                )
+                is True
+            )
+            again = await coord.lock("mixed").acquire(timeout=scaled(5))
             assert again.token > pair_token(recreated)
             await again.release()
     finally:
-        await raw_put(consul_server, f"session/destroy/{foreign}")
+        await raw_put(consul_server, f"session/destroy/{foreign}", scaled=scaled)
 
 
 @pytest.mark.asyncio
-async def test_a_key_that_is_not_a_lock_is_left_alone(consul_server: ConsulProcess, consul_url: str) -> None:
+async def test_a_key_that_is_not_a_lock_is_left_alone(
+    consul_server: ConsulProcess, consul_url: str, scaled: Callable[[float], float]
+) -> None:
     ns = namespace(consul_url)
-    assert await raw_put(consul_server, f"kv/{ns}/plain/.lock", b"someone's data") is True
+    assert await raw_put(consul_server, f"kv/{ns}/plain/.lock", b"someone's data", scaled=scaled) is True
     async with coordination.connect(consul_url, **OPTIONS) as coord:
         with pytest.raises(InvalidName, match="not a lock"):
-            await coord.lock("plain").acquire(timeout=5)
-    pair = await raw_kv(consul_server, f"{ns}/plain/.lock")
+            await coord.lock("plain").acquire(timeout=scaled(5))
+    pair = await raw_kv(consul_server, f"{ns}/plain/.lock", scaled=scaled)
     assert pair is not None
     assert pair["Value"] == b"someone's data"
     assert not pair.get("Session")
@@ -306,7 +332,7 @@ async def test_config_versions_are_modify_indexes(consul_url: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_tasks_of_one_session_take_turns(consul_url: str) -> None:
+async def test_tasks_of_one_session_take_turns(consul_url: str, scaled: Callable[[float], float]) -> None:
     """Consul lets a session lock a key it already holds: the backend queues its own contenders."""
     async with coordination.connect(consul_url, **OPTIONS) as coord:
         inside, overlaps, tokens = 0, 0, []
@@ -321,7 +347,7 @@ async def test_tasks_of_one_session_take_turns(consul_url: str) -> None:
                     await anyio.lowlevel.checkpoint()
                     inside -= 1
 
-        with anyio.fail_after(30):
+        with anyio.fail_after(scaled(30)):
             async with anyio.create_task_group() as tg:
                 for _ in range(3):
                     tg.start_soon(worker)
@@ -331,7 +357,9 @@ async def test_tasks_of_one_session_take_turns(consul_url: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_lock_request_applied_after_its_acquire_was_cancelled_leaves_nothing(consul_url: str) -> None:
+async def test_a_lock_request_applied_after_its_acquire_was_cancelled_leaves_nothing(
+    consul_url: str, scaled: Callable[[float], float]
+) -> None:
     """A cancelled acquire whose lock request was already on its way: Consul applies it after
     the cancellation. The backend waits for its outcome and releases, so no key stays held by
     the live session (before, the release could come first and the lock request after it)."""
@@ -353,7 +381,7 @@ async def test_a_lock_request_applied_after_its_acquire_was_cancelled_leaves_not
             answered = anyio.Event()
 
             async def on_the_wire() -> None:  # not cancelled with the caller, as a sent request
-                await anyio.sleep(0.3)
+                await anyio.sleep(scaled(0.3))  # scaled with the cancellation below: it comes first
                 outcome.append(await txn(ops, what))
                 applied.set()
                 answered.set()
@@ -363,10 +391,10 @@ async def test_a_lock_request_applied_after_its_acquire_was_cancelled_leaves_not
             return outcome[0]
 
         http.txn = late  # type: ignore[method-assign]
-        with anyio.move_on_after(0.1) as scope:
+        with anyio.move_on_after(scaled(0.1)) as scope:
             await a.lock("late").acquire()
         assert scope.cancelled_caught
-        with anyio.fail_after(5):
+        with anyio.fail_after(scaled(5)):
             await applied.wait()
         http.txn = txn  # type: ignore[method-assign]
         got = await b.lock("late").try_acquire()
@@ -378,7 +406,9 @@ async def test_a_lock_request_applied_after_its_acquire_was_cancelled_leaves_not
 
 
 @pytest.mark.asyncio
-async def test_lock_delay_after_an_expiry_but_not_after_a_clean_close(consul_url: str) -> None:
+async def test_lock_delay_after_an_expiry_but_not_after_a_clean_close(
+    consul_url: str, scaled: Callable[[float], float]
+) -> None:
     lock_delay = 2.0
     async with (
         coordination.connect(consul_url, ttl=3, lock_delay=lock_delay) as a,
@@ -390,9 +420,9 @@ async def test_lock_delay_after_an_expiry_but_not_after_a_clean_close(consul_url
         expired = time.monotonic()
         # The key is free, but Consul refuses every session until the lock-delay has passed.
         assert await b.lock("delayed").try_acquire() is None
-        taken = await b.lock("delayed").acquire(timeout=lock_delay + 3)
+        taken = await b.lock("delayed").acquire(timeout=lock_delay + scaled(3))
         waited = time.monotonic() - expired
-        assert lock_delay - 0.25 <= waited <= lock_delay + 1.5, waited
+        assert lock_delay - 0.25 <= waited <= lock_delay + scaled(1.5), waited
         assert taken.token > held.token
         await held.wait_lost()
         await taken.release()
@@ -405,7 +435,9 @@ async def test_lock_delay_after_an_expiry_but_not_after_a_clean_close(consul_url
 
 
 @pytest.mark.asyncio
-async def test_renewal_keeps_a_short_session_alive(consul_server: ConsulProcess, consul_url: str) -> None:
+async def test_renewal_keeps_a_short_session_alive(
+    consul_server: ConsulProcess, consul_url: str, scaled: Callable[[float], float]
+) -> None:
     ttl = 1.0
     async with coordination.connect(consul_url, ttl=ttl, lock_delay=ttl) as coord:
         session_id = coord.session_id
@@ -419,8 +451,8 @@ async def test_renewal_keeps_a_short_session_alive(consul_server: ConsulProcess,
         assert held.held
         assert coord.session_id == session_id
         assert session_id is not None
-        assert await raw_session(consul_server, session_id) is not None
-        pair = await raw_kv(consul_server, f"{namespace(consul_url)}/kept/.lock")
+        assert await raw_session(consul_server, session_id, scaled=scaled) is not None
+        pair = await raw_kv(consul_server, f"{namespace(consul_url)}/kept/.lock", scaled=scaled)
         assert pair is not None
         assert pair["Session"] == session_id
         await held.release()
@@ -442,14 +474,14 @@ asyncio.run(main())
 
 
 @pytest.mark.asyncio
-async def test_crash_failover_of_a_holder_process(consul_url: str) -> None:
+async def test_crash_failover_of_a_holder_process(consul_url: str, scaled: Callable[[float], float]) -> None:
     """SIGKILL a process holding the lock: another process gets it once Consul expires the
     session (between 1 and 2 TTLs after the last renewal) plus the lock-delay."""
     ttl, lock_delay = 2.0, 1.0
     command = [sys.executable, "-c", HOLDER, consul_url, str(ttl), str(lock_delay)]
     async with await anyio.open_process(command, stderr=subprocess.STDOUT) as holder:
         assert holder.stdout is not None
-        with anyio.fail_after(15):
+        with anyio.fail_after(scaled(15)):
             line = await BufferedByteReceiveStream(holder.stdout).receive_until(b"\n", 4096)
         assert line.startswith(b"HELD"), line
         their_token = int(line.split()[1])
@@ -458,16 +490,17 @@ async def test_crash_failover_of_a_holder_process(consul_url: str) -> None:
             holder.kill()
             killed = time.monotonic()
             await holder.wait()
-            held = await coord.lock("crash").acquire(timeout=2 * ttl + lock_delay + 5)
+            held = await coord.lock("crash").acquire(timeout=2 * ttl + lock_delay + scaled(5))
             failover = time.monotonic() - killed
             assert held.token > their_token
             await held.release()
-    assert ttl + lock_delay <= failover <= 2 * ttl + lock_delay + 1.5, failover
+    # Consul's own times (the TTL, the lock-delay) are the server's: only the slack scales.
+    assert ttl + lock_delay <= failover <= 2 * ttl + lock_delay + scaled(1.5), failover
 
 
 @pytest.mark.asyncio
 async def test_paused_agent_suspends_then_resumes_with_locks_kept(
-    consul_server: ConsulProcess, consul_url: str
+    consul_server: ConsulProcess, consul_url: str, scaled: Callable[[float], float]
 ) -> None:
     async with coordination.connect(consul_url, ttl=5, lock_delay=5) as coord:
         held = await coord.lock("paused").acquire()
@@ -475,11 +508,11 @@ async def test_paused_agent_suspends_then_resumes_with_locks_kept(
             assert await anext(states) is SessionState.CONNECTED
             consul_server.pause()
             try:
-                with anyio.fail_after(5):
+                with anyio.fail_after(scaled(5)):
                     assert await anext(states) is SessionState.SUSPENDED
             finally:
                 consul_server.resume()
-            with anyio.fail_after(5):
+            with anyio.fail_after(scaled(5)):
                 assert await anext(states) is SessionState.CONNECTED
         assert held.held
         await held.release()
@@ -487,7 +520,7 @@ async def test_paused_agent_suspends_then_resumes_with_locks_kept(
 
 @pytest.mark.asyncio
 async def test_paused_agent_beyond_the_ttl_loses_the_lock(
-    consul_server: ConsulProcess, consul_url: str
+    consul_server: ConsulProcess, consul_url: str, scaled: Callable[[float], float]
 ) -> None:
     async with coordination.connect(consul_url, ttl=2, lock_delay=2) as coord:
         old_session = coord.session_id
@@ -496,14 +529,14 @@ async def test_paused_agent_beyond_the_ttl_loses_the_lock(
             async with coord.lock("lost") as held:
                 consul_server.pause()
                 try:
-                    with anyio.fail_after(5):
+                    with anyio.fail_after(scaled(5)):
                         await held.wait_lost()  # the local deadline passes: the body is cancelled
                 finally:
                     consul_server.resume()
 
         with pytest.raises(LockLost):
             await hold_through_a_pause()
-        with anyio.fail_after(10):
+        with anyio.fail_after(scaled(10)):
             again = await coord.lock("lost").acquire()
         assert coord.session_id != old_session
         await again.release()
@@ -514,14 +547,14 @@ async def test_paused_agent_beyond_the_ttl_loses_the_lock(
 
 @pytest.mark.asyncio
 async def test_watch_rereads_when_the_index_goes_backwards(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, scaled: Callable[[float], float]
 ) -> None:
     """A snapshot restore takes the KV index back: the watch starts over and yields the latest,
     although its version is lower (the backend reports the reset, the core lets it through)."""
     # The agent answers a blocking query whose index is now in the future only at the end of
     # its wait: make that wait short.
     monkeypatch.setattr(coordination_consul._backend, "BLOCKING_WAIT", 1.0)
-    with ConsulProcess(session_ttl_min="1s") as server:
+    with ConsulProcess(session_ttl_min="1s", start_timeout=scaled(60)) as server:
         consul = str(find_consul())
         env = server.consul_env()
         async with coordination.connect(f"{server.url}/ns", **OPTIONS) as coord:
@@ -536,17 +569,19 @@ async def test_watch_rereads_when_the_index_goes_backwards(
             async with aclosing(cfg.watch()) as stream:
                 seen.append(await anext(stream))
                 await anyio.run_process([consul, "snapshot", "restore", str(snapshot)], env=env)
-                with anyio.fail_after(10):
+                with anyio.fail_after(scaled(10)):
                     seen.append(await anext(stream))
         assert seen == [Versioned(b"new", newer), Versioned(b"old", old)]
 
 
 @pytest.mark.asyncio
-async def test_unreachable_first_host_is_skipped(consul_server: ConsulProcess, consul_url: str) -> None:
+async def test_unreachable_first_host_is_skipped(
+    consul_server: ConsulProcess, consul_url: str, scaled: Callable[[float], float]
+) -> None:
     dead = f"127.0.0.1:{free_port()}"
     url = f"consul://{dead},{consul_server.address}/{namespace(consul_url)}"
     async with coordination.connect(url, **OPTIONS) as coord:
-        held = await coord.lock("failover").acquire(timeout=5)
+        held = await coord.lock("failover").acquire(timeout=scaled(5))
         await held.release()
 
 

@@ -34,9 +34,9 @@ from coordination.testing import (
 from coordination.testing.servers import ConsulProcess, ServerProcess
 
 
-def _get(url: str) -> Any:
+def _get(url: str, timeout: float) -> Any:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         with error:
@@ -69,7 +69,7 @@ class ConsulFixtures(CoordinationFixtures):
         return {**options, "ttl": 2.0, "timeout": 2.0, "lock_delay": 3.0}
 
     def new_server(self, harness: Harness) -> ServerProcess:
-        return ConsulProcess(session_ttl_min="1s", persistent=True)
+        return ConsulProcess(session_ttl_min="1s", persistent=True, start_timeout=harness.t(60))
 
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Keys under the namespace held by a session (contenders), and sessions still alive."""
@@ -80,12 +80,12 @@ class ConsulFixtures(CoordinationFixtures):
 
         def look() -> list[str]:
             found = []
-            for pair in _get(f"{base}/kv/{prefix}?recurse&consistent") or ():
+            for pair in _get(f"{base}/kv/{prefix}?recurse&consistent", harness.t(10)) or ():
                 if pair.get("Session"):
                     value = base64.b64decode(pair.get("Value") or "").decode(errors="replace")
                     found.append(f"key {pair['Key']} held by session {pair['Session']} ({value})")
             for session_id in session_ids:
-                if _get(f"{base}/session/info/{session_id}?consistent"):
+                if _get(f"{base}/session/info/{session_id}?consistent", harness.t(10)):
                     found.append(f"session {session_id}")
             return found
 

@@ -8,7 +8,6 @@ from collections.abc import Collection
 import pytest
 
 from coordination.memory import MemoryBackend
-
 from coordination.testing import (
     BadInputTests,
     ConfigTests,

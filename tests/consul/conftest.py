@@ -12,16 +12,20 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from coordination.testing.plugin import share_server
 from coordination.testing.servers import ConsulProcess
 
 
 @pytest.fixture(scope="session")
-def consul_server(session_scaled: Callable[[float], float]) -> Iterator[ConsulProcess]:
-    """The agent; ``session_ttl_min`` is 1s so that short TTLs (and expiry tests) are allowed."""
+def consul_server(
+    request: pytest.FixtureRequest, session_scaled: Callable[[float], float]
+) -> Iterator[ConsulProcess]:
+    """The agent; ``session_ttl_min`` is 1s so that short TTLs (and expiry tests) are allowed.
+    Shared: brought back if a test leaves it dead, and that test fails."""
     server = ConsulProcess(session_ttl_min="1s", start_timeout=session_scaled(60))
     server.start()
     try:
-        yield server
+        yield share_server(request, server)
     finally:
         server.close()
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from coordination.testing.plugin import share_server
 from coordination.testing.servers import EtcdProcess
 
 VERSIONS = ["3.4", "3.5"]
@@ -20,9 +21,10 @@ VERSIONS = ["3.4", "3.5"]
 def etcd_server(
     request: pytest.FixtureRequest, session_scaled: Callable[[float], float]
 ) -> Iterator[EtcdProcess]:
-    """A running single-member etcd of the parametrized version, shared by the session."""
+    """A running single-member etcd of the parametrized version, shared by the session:
+    brought back if a test leaves it dead, and that test fails."""
     with EtcdProcess(version=request.param, start_timeout=session_scaled(60)) as server:
-        yield server
+        yield share_server(request, server)
 
 
 @pytest.fixture

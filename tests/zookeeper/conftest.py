@@ -14,6 +14,7 @@ from aiozk import protocol  # type: ignore[import-untyped]
 
 from coordination import Capability, Coordinator
 from coordination.testing import CoordinationFixtures, Harness
+from coordination.testing.plugin import share_server
 from coordination.testing.servers import ServerProcess, ZooKeeperProcess
 from coordination_zookeeper import ZooKeeperBackend
 from coordination_zookeeper._client import NoNode, ZooKeeperClient
@@ -23,10 +24,13 @@ TICK_MS = 100  # short ticks: sessions of a few hundred milliseconds are allowed
 
 
 @pytest.fixture(scope="session")
-def zookeeper_server(session_scaled: Callable[[float], float]) -> Iterator[ZooKeeperProcess]:
-    """One standalone ZooKeeper for the whole run. A missing server fails the run, never skips it."""
+def zookeeper_server(
+    request: pytest.FixtureRequest, session_scaled: Callable[[float], float]
+) -> Iterator[ZooKeeperProcess]:
+    """One standalone ZooKeeper for the whole run. A missing server fails the run, never skips it.
+    Shared: brought back if a test leaves it dead, and that test fails."""
     with ZooKeeperProcess(tick_time_ms=TICK_MS, start_timeout=session_scaled(60)) as server:
-        yield server
+        yield share_server(request, server)
 
 
 def backend_session(coord: Coordinator, session_id: str | None = None) -> ZooKeeperSession:

@@ -89,8 +89,6 @@ class MemoryStore:
         self.queues: dict[tuple[Kind, str], list[_Contender]] = {}
         self.values: dict[str, Versioned] = {}
         self.changes = _Changes()
-        self.wakeups = 0
-        """How many times a waiting contender was woken (to show one wake-up per release)."""
 
     @classmethod
     def attach(cls, name: str) -> MemoryStore:
@@ -171,8 +169,9 @@ class MemoryStore:
 
 
 class _MemorySession(BackendSession[_Contender]):
-    def __init__(self, store: MemoryStore, ttl: float, monitor: SessionMonitor) -> None:
-        self.store = store
+    def __init__(self, backend: MemoryBackend, ttl: float, monitor: SessionMonitor) -> None:
+        self.backend = backend
+        store = self.store = backend.store
         self.id = f"{store.name}-{next(store._session_ids)}"
         self.ttl = ttl
         self.keepalive_interval = ttl / 3
@@ -219,10 +218,17 @@ class _MemorySession(BackendSession[_Contender]):
             if not blocking:
                 return None
             ahead = queue[position - 1]
-            # Woken only by the contender just ahead leaving, or by its TTL running out.
-            with anyio.move_on_after(store.ttl_left(ahead)):
-                await ahead.gone.wait()
-            store.wakeups += 1
+            # Woken only by the contender just ahead leaving: released, withdrawn, or its
+            # session's TTL run out. That expiry is checked here as a server would check it,
+            # at the deadline, without waking the waiter while the session is renewed.
+            while not ahead.gone.is_set():
+                with anyio.move_on_after(store.ttl_left(ahead)):
+                    await ahead.gone.wait()
+                store.reap()
+                if store.sessions.get(self.id) is not self:
+                    break  # this session expired: _check raises
+            if ahead.gone.is_set():
+                self.backend.wakeups += 1  # woken to look again (Backend.wakeups)
 
     async def withdraw(self, contender: _Contender) -> None:
         await anyio.lowlevel.checkpoint()
@@ -241,6 +247,7 @@ class MemoryBackend(Backend):
 
     scheme = "memory"
     capabilities = frozenset({Capability.FAIR, Capability.SINGLE_WAKEUP, Capability.EXPIRE_SESSION})
+    wakeups: int  # counted (Backend.wakeups): set to 0 in __init__
 
     def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -248,6 +255,7 @@ class MemoryBackend(Backend):
             raise InvalidURL("memory:// takes one store name and no port, e.g. 'memory://tests'")
         self.store_name = url.hosts[0][0] if url.hosts else "default"
         self._store: MemoryStore | None = None
+        self.wakeups = 0
 
     @property
     def store(self) -> MemoryStore:
@@ -266,7 +274,7 @@ class MemoryBackend(Backend):
 
     async def open_session(self, ttl: float, monitor: SessionMonitor) -> _MemorySession:
         await anyio.lowlevel.checkpoint()
-        session = _MemorySession(self.store, ttl, monitor)
+        session = _MemorySession(self, ttl, monitor)
         self.store.sessions[session.id] = session
         return session
 

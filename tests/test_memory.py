@@ -57,29 +57,42 @@ async def test_waiters_acquire_in_fifo_order(scaled: Callable[[float], float]) -
         assert order == list(range(5))
 
 
+def _wakeups(coords: list[coordination.Coordinator]) -> int:
+    """The wake-ups counted by the waiters' backends (``Backend.wakeups``), summed."""
+    return sum(coord._backend.wakeups or 0 for coord in coords)
+
+
 async def test_a_release_wakes_exactly_one_waiter(scaled: Callable[[float], float]) -> None:
-    url = _url()
-    async with coordination.connect(url) as a, coordination.connect(url) as b:
-        store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
-        held = await a.lock("herd").acquire()
-        got: list[HeldLock] = []
+    """Four waiters, each in its own connection: none wakes while the lock is held, and
+    each release wakes only the next one (SINGLE_WAKEUP), as ``Backend.wakeups`` counts."""
+    url, n, ttl = _url(), 4, scaled(1)
+    async with AsyncExitStack() as stack:
+        holder = await stack.enter_async_context(coordination.connect(url, ttl=ttl))
+        waiters = [await stack.enter_async_context(coordination.connect(url, ttl=ttl)) for _ in range(n)]
+        assert [w._backend.wakeups for w in [holder, *waiters]] == [0] * (n + 1)
+        held = await holder.lock("herd").acquire()
+        got: list[tuple[int, HeldLock]] = []
+
+        async def wait(i: int) -> None:
+            got.append((i, await waiters[i].lock("herd").acquire()))
+
         async with anyio.create_task_group() as tg:
-            for _ in range(10):
-
-                async def wait() -> None:
-                    got.append(await b.lock("herd").acquire())
-
-                tg.start_soon(wait)
-            await _until(lambda: len(store.queues[("lock", "herd")]) == 11, scaled)
-            before = store.wakeups
+            for i in range(n):  # one at a time, so that the queue order is known
+                tg.start_soon(wait, i)
+                await _until(lambda i=i: len(_queue(holder, "herd")) == i + 2, scaled)  # type: ignore[misc]
+            # Idle for longer than a TTL: a waiter that polled, or that woke at the TTL
+            # deadline of a session ahead although it was renewed, would have counted.
+            await anyio.sleep(1.5 * ttl)
+            assert _wakeups(waiters) == 0, "a waiter woke while nothing changed"
             await held.release()
-            await _until(lambda: len(got) == 1, scaled)
-            assert store.wakeups - before == 1, "only the next waiter may wake"
-            for n in range(1, 10):
-                await got[-1].release()
-                await _until(lambda n=n: len(got) == n + 1, scaled)  # type: ignore[misc]
-            assert store.wakeups - before == 10
-            await got[-1].release()
+            for turn in range(n):
+                await _until(lambda turn=turn: len(got) == turn + 1, scaled)  # type: ignore[misc]
+                await anyio.sleep(scaled(0.05))  # time for any other woken waiter to show
+                assert _wakeups(waiters) == turn + 1, "a release may wake only the next waiter"
+                who, lock = got[turn]
+                assert who == turn, "FIFO"
+                await lock.release()
+        assert [w._backend.wakeups for w in waiters] == [1] * n
 
 
 class _Stalling(MemoryBackend):

@@ -58,6 +58,11 @@ def reads(coord: Coordinator) -> Any:
     return backend.client
 
 
+def wakeups(coords: list[Coordinator]) -> int:
+    """The wake-ups counted by the coordinators' backends (``Backend.wakeups``), summed."""
+    return sum(coord._backend.wakeups or 0 for coord in coords)
+
+
 def watches_by_session(server: ZooKeeperProcess, timeout: float) -> dict[str, set[str]]:
     """The server's watch table (``wchc``): session id -> watched paths."""
     table: dict[str, set[str]] = {}
@@ -81,7 +86,9 @@ async def test_release_wakes_only_the_next_waiter(
     monkeypatch: pytest.MonkeyPatch,
     scaled: Callable[[float], float],
 ) -> None:
-    """Each waiter watches only the node ahead of it: a release wakes one waiter, not all."""
+    """Each waiter watches only the node ahead of it: a release wakes one waiter, not all.
+    Its backend counts that wake-up (``Backend.wakeups``): none while the lock is held, one
+    per release in all."""
     assert Capability.SINGLE_WAKEUP in ZooKeeperBackend.capabilities
     parent = f"/{namespace(zk_url)}/herd"
     n = 4
@@ -124,6 +131,8 @@ async def test_release_wakes_only_the_next_waiter(
                 watched = table[waiter.session_id or ""]
                 assert watched == {f"{parent}/{nodes[i]}"}, "each waiter watches only its predecessor"
             assert not any(parent in paths for paths in table.values()), "nobody watches the queue itself"
+            await anyio.sleep(scaled(0.5))  # idle: a waiter that polled would have woken
+            assert wakeups(waiters) == 0, "a waiter woke while nothing changed"
 
             # Count the requests each waiter sends from here on (but keepalives, on "/").
             requests_sent = [0] * n
@@ -145,10 +154,15 @@ async def test_release_wakes_only_the_next_waiter(
                 await backend_session(waiter).client.exists("/")
             assert requests_sent[0] >= 1
             assert requests_sent[1:] == [0] * (n - 1), "a release must wake only the next waiter"
+            assert [waiter._backend.wakeups for waiter in waiters] == [1] + [0] * (n - 1)
             for i in range(n):
                 leave[i].set()
                 if i + 1 < n:
                     await within(scaled(5), acquired[i + 1].wait(), f"waiter {i + 1} acquiring")
+                    for waiter in waiters:  # as above: any other wake-up has been counted
+                        await backend_session(waiter).client.exists("/")
+                    assert wakeups(waiters) == i + 2, "each release wakes only the next waiter"
+        assert [waiter._backend.wakeups for waiter in waiters] == [1] * n
 
 
 async def assert_one_adopted_node(coord: Coordinator, held: Any, parent: str) -> None:

@@ -84,6 +84,7 @@ class ZooKeeperBackend(Backend):
     """
 
     scheme = "zookeeper"
+    wakeups: int  # counted (Backend.wakeups): set to 0 in __init__
     capabilities = frozenset({Capability.CROSS_PROCESS, Capability.FAIR, Capability.SINGLE_WAKEUP})
     options: ClassVar[Mapping[str, Option]] = {
         **COMMON_OPTIONS,
@@ -103,6 +104,7 @@ class ZooKeeperBackend(Backend):
         self._session_timeout: float | None = self.settings["session_timeout"]
         self._client: ZooKeeperClient | None = None
         self._sessions: dict[str, ZooKeeperSession] = {}
+        self.wakeups = 0
 
     @property
     def client(self) -> ZooKeeperClient:
@@ -129,7 +131,7 @@ class ZooKeeperBackend(Backend):
         client = ZooKeeperClient(self._hosts, self._session_timeout or ttl, renew=False)
         with map_errors(ERRORS):
             await client.start()
-        session = ZooKeeperSession(client, monitor, self._timeout)
+        session = ZooKeeperSession(self, client, monitor, self._timeout)
         self._sessions[session.id] = session
         client.add_listener(lambda _old, new: self._forget(session) if new == LOST else None)
         return session

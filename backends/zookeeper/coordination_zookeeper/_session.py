@@ -18,6 +18,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -34,6 +35,9 @@ from ._client import (
     NoNode,
     ZooKeeperClient,
 )
+
+if TYPE_CHECKING:
+    from ._backend import ZooKeeperBackend
 
 __all__ = ["NODE_MARK", "Contender", "ZooKeeperSession", "queue_order"]
 
@@ -77,7 +81,10 @@ class ZooKeeperSession(BackendSession[Contender]):
     ``monitor.expired()``.
     """
 
-    def __init__(self, client: ZooKeeperClient, monitor: SessionMonitor, op_timeout: float) -> None:
+    def __init__(
+        self, backend: ZooKeeperBackend, client: ZooKeeperClient, monitor: SessionMonitor, op_timeout: float
+    ) -> None:
+        self._backend = backend  # counts its waiters' wake-ups
         self.client = client
         self.id = client.session_hex
         self.ttl = float(client.timeout)
@@ -218,6 +225,7 @@ class ZooKeeperSession(BackendSession[Contender]):
                 # Watch only the node just ahead; when it goes, list the queue again (the one
                 # ahead of it may have gone too, or be waiting still).
                 await self._gone(f"{contender.parent}/{queue[position - 1]}")
+                self._backend.wakeups += 1  # woken: list the queue again (Backend.wakeups)
                 listing = None
 
     async def _gone(self, path: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from asyncio import all_tasks as asyncio_tasks
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +18,7 @@ from coordination import InvalidURL, Leader, OperationTimeout, SessionState, Una
 from coordination.testing.proxy import FaultProxy
 from coordination.testing.servers import EtcdProcess, free_port
 from coordination_etcd import EtcdBackend
-from coordination_etcd._client import EtcdClient, Event, KeepAliveStream, WatchStream, range_request
+from coordination_etcd._client import EtcdClient, KeepAliveStream, WatchStream, range_request
 
 from ._helpers import client_of, sessions, wait_for_keys
 
@@ -49,34 +49,27 @@ class Changes:
 # -- locks: the queue ----------------------------------------------------------------------
 
 
+def _wakeups(coords: Sequence[coordination.Coordinator]) -> int:
+    """The wake-ups counted by the coordinators' backends (``Backend.wakeups``), summed."""
+    return sum(coord._backend.wakeups or 0 for coord in coords)
+
+
 @asyncio
 async def test_release_wakes_only_the_next_waiter(
     etcd_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch, scaled: Callable[[float], float]
 ) -> None:
-    """Each waiter watches exactly the key created just before its own, and is woken once."""
+    """Each waiter watches exactly the key created just before its own, and is woken once:
+    its backend counts no wake-up while the lock is held and one per release in all."""
     watched: dict[int, list[bytes]] = defaultdict(list)  # id(client) -> keys watched
-    woken: Counter[int] = Counter()  # id(client) -> event batches delivered
     changes = Changes(scaled)
     original_watch = EtcdClient.watch
 
-    class Counted:
-        def __init__(self, stream: WatchStream, client: int) -> None:
-            self._stream, self._client, self.revision = stream, client, stream.revision
-
-        def __aiter__(self) -> Counted:
-            return self
-
-        async def __anext__(self) -> Sequence[Event]:
-            batch = await self._stream.__anext__()
-            woken[self._client] += 1
-            return batch
-
     @asynccontextmanager
-    async def recording_watch(self: EtcdClient, key: bytes, **kw: Any) -> AsyncIterator[Counted]:
+    async def recording_watch(self: EtcdClient, key: bytes, **kw: Any) -> AsyncIterator[WatchStream]:
         async with original_watch(self, key, **kw) as stream:
             watched[id(self)].append(key)
             changes.changed()
-            yield Counted(stream, id(self))
+            yield stream
 
     monkeypatch.setattr(EtcdClient, "watch", recording_watch)
 
@@ -84,11 +77,14 @@ async def test_release_wakes_only_the_next_waiter(
         held = await holder.lock("sw").acquire()
         order: list[int] = []
         tokens: list[int] = []
+        leave = [anyio.Event() for _ in waiters]
 
         async def wait(i: int, coord: coordination.Coordinator) -> None:
             got = await coord.lock("sw").acquire()
             order.append(i)
             tokens.append(got.token)
+            changes.changed()
+            await leave[i].wait()
             await got.release()
 
         async with anyio.create_task_group() as tg:
@@ -98,13 +94,22 @@ async def test_release_wakes_only_the_next_waiter(
                 await changes.until(lambda: len(watching) == 1)  # noqa: B023 - queued, watching
             keys = [f"{namespace}/sw/{c.session_id}".encode() for c in [holder, *waiters]]
             assert [watched[id(client_of(c))] for c in waiters] == [[k] for k in keys[:-1]]
-            assert not any(woken[id(client_of(c))] for c in waiters)
+            await anyio.sleep(scaled(0.5))  # idle: a waiter that polled would have woken
+            assert _wakeups(waiters) == 0, "a waiter woke while nothing changed"
             await held.release()
+            for turn in range(len(waiters)):
+                await changes.until(lambda: len(order) == turn + 1)  # noqa: B023
+                # A round trip on each waiter's client: any watch response etcd sent before
+                # its reply has arrived, and the wait it woke has counted it.
+                for coord in waiters:
+                    await client_of(coord).range(range_request(b"/"))
+                assert _wakeups(waiters) == turn + 1, "a release may wake only the next waiter"
+                leave[order[-1]].set()
         assert order == [0, 1, 2, 3], "waiters acquire in the order they queued (FAIR)"
         assert _increasing([held.token, *tokens])
         for coord in waiters:  # one watch each, one wake-up each: no herd
             assert len(watched[id(client_of(coord))]) == 1
-            assert woken[id(client_of(coord))] == 1
+            assert coord._backend.wakeups == 1
 
 
 @asyncio

@@ -125,7 +125,8 @@ class EtcdSession(BackendSession[_Contender]):
     the lease (closing, expiry) deletes them all at once.
     """
 
-    def __init__(self, client: EtcdClient, lease_id: int, ttl: int) -> None:
+    def __init__(self, backend: EtcdBackend, client: EtcdClient, lease_id: int, ttl: int) -> None:
+        self._backend = backend  # counts its waiters' wake-ups
         self._client = client
         self.lease_id = lease_id
         self.id = f"{lease_id:x}"
@@ -261,10 +262,14 @@ class EtcdSession(BackendSession[_Contender]):
             # starts now, which keeps it in etcd's synced group (a watch from an older revision
             # waits for etcd's 100 ms catch-up loop); if anything was written since the read,
             # check the key is still the one seen.
+            # Each wake-up counts once (Backend.wakeups): a watch response with events, or the
+            # re-check finding the key gone as the watch started.
             async with self._client.watch(ahead, start_revision=0) as events:
                 if events.revision > revision and not await self._exists(ahead, ahead_rev):
+                    self._backend.wakeups += 1
                     continue
                 async for batch in events:
+                    self._backend.wakeups += 1
                     if any(event.type == DELETE for event in batch):
                         break
 
@@ -429,6 +434,7 @@ class EtcdBackend(Backend):
     """
 
     scheme = "etcd"
+    wakeups: int  # counted (Backend.wakeups): set to 0 in __init__
     capabilities = frozenset(
         {
             Capability.CROSS_PROCESS,
@@ -461,6 +467,7 @@ class EtcdBackend(Backend):
         self._targets: list[str] = []
         """gRPC targets for the URL's hosts, each a rotation of the one before (see failover)."""
         self._channel_args: tuple[Any, str | None] = (None, None)
+        self.wakeups = 0
 
     @property
     def client(self) -> EtcdClient:
@@ -559,7 +566,7 @@ class EtcdBackend(Backend):
 
     async def open_session(self, ttl: float, monitor: SessionMonitor) -> EtcdSession:
         lease_id, granted = await self.client.grant(max(1, math.ceil(ttl)))
-        return EtcdSession(self.client, lease_id, granted)
+        return EtcdSession(self, self.client, lease_id, granted)
 
     async def expire_session(self, session_id: str) -> None:
         """Revoke the lease ``session_id`` (hex), deleting its keys; no error if it is gone."""

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -329,6 +329,100 @@ async def test_config_versions_are_modify_indexes(consul_url: str) -> None:
         assert await cfg.get() == Versioned(b"y", newer)
         # Consul skips a write that changes nothing: the version stays (documented).
         assert await cfg.set(b"y") == newer
+
+
+def _wakeups(coords: list[coordination.Coordinator]) -> int:
+    """The wake-ups counted by the coordinators' backends (``Backend.wakeups``), summed."""
+    return sum(coord._backend.wakeups or 0 for coord in coords)
+
+
+@pytest.mark.asyncio
+async def test_a_release_wakes_every_waiter(
+    consul_url: str, monkeypatch: pytest.MonkeyPatch, scaled: Callable[[float], float]
+) -> None:
+    """Waiters wait in blocking queries on the lock key itself (Consul's own lock recipe has
+    no queue to watch a predecessor in), so the backend does not declare SINGLE_WAKEUP: a
+    release answers the query of every waiter. Each counts one wake-up (``Backend.wakeups``);
+    one locks the key, the others look again and block anew. While the lock is held and
+    nothing changes, nobody wakes: they block, they do not poll."""
+    # A blocking query whose wait runs out is answered too, and counts: keep the waits
+    # longer than this test.
+    monkeypatch.setattr(coordination_consul._backend, "BLOCKING_WAIT", 120.0)
+    n = 4
+    async with AsyncExitStack() as stack:
+        holder = await stack.enter_async_context(coordination.connect(consul_url, **OPTIONS))
+        waiters = [
+            await stack.enter_async_context(coordination.connect(consul_url, **OPTIONS)) for _ in range(n)
+        ]
+        blocked = [0] * n  # each waiter's blocking queries on the lock key in flight
+        for i, waiter in enumerate(waiters):
+            backend = waiter._backend
+            assert isinstance(backend, ConsulBackend)
+            assert backend.wakeups == 0
+            http = backend.http
+            kv_get = http.kv_get
+
+            async def recording(
+                key: str, *, index: int = 0, wait: float | None = None, _i: int = i, _kv_get: Any = kv_get
+            ) -> Any:
+                blocking = bool(index) and key.endswith("herd/.lock")
+                blocked[_i] += blocking
+                try:
+                    return await _kv_get(key, index=index, wait=wait)
+                finally:
+                    blocked[_i] -= blocking
+
+            http.kv_get = recording  # type: ignore[method-assign]
+
+        async def until(check: Callable[[], bool], what: str) -> None:
+            with anyio.move_on_after(scaled(5)):
+                while not check():  # noqa: ASYNC110 - in-process state with no event of its own
+                    await anyio.sleep(0.01)
+                return
+            pytest.fail(
+                f"{what}: not within {scaled(5):g}s (wake-ups {_wakeups(waiters)}, blocked {blocked})"
+            )
+
+        held = await holder.lock("herd").acquire()
+        got: list[tuple[int, Any]] = []
+        leave = [anyio.Event() for _ in range(n)]
+
+        async def wait(i: int) -> None:
+            lock = await waiters[i].lock("herd").acquire()
+            got.append((i, lock))
+            await leave[i].wait()
+            await lock.release()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(wait, i)
+            await until(lambda: blocked == [1] * n, "every waiter in a blocking query")
+            await anyio.sleep(scaled(0.5))  # idle: a waiter that polled would have woken
+            assert _wakeups(waiters) == 0, "a waiter woke while nothing changed"
+            assert blocked == [1] * n
+            expected = 0
+            for turn in range(n):
+                expected += n - turn  # every waiter still waiting at this release wakes
+                if turn == 0:
+                    await held.release()
+                else:
+                    leave[got[-1][0]].set()
+
+                def settled(turn: int = turn, expected: int = expected) -> bool:
+                    # The next holder has the lock; the others locked in vain, read the key
+                    # again and block anew, each after one wake-up.
+                    waiting = set(range(n)) - {i for i, _ in got}
+                    return (
+                        len(got) == turn + 1
+                        and all(blocked[i] == 1 for i in waiting)
+                        and _wakeups(waiters) >= expected
+                    )
+
+                await until(settled, f"hand-over {turn}")
+                await anyio.sleep(scaled(0.2))  # any further wake-up would show
+                assert _wakeups(waiters) == expected, f"wake-ups after {turn + 1} release(s)"
+            leave[got[-1][0]].set()
+        assert sorted(i for i, _ in got) == list(range(n))
 
 
 @pytest.mark.asyncio

@@ -219,6 +219,7 @@ class _ConsulSession(BackendSession[_Contender]):
                     if not blocking:
                         return None
                     await anyio.sleep(delay)
+                    self._backend.wakeups += 1  # a poll: woken to try again
                     delay = min(delay * 2, longest_delay)
                     continue
                 if not blocking and tries >= 3:
@@ -232,7 +233,12 @@ class _ConsulSession(BackendSession[_Contender]):
                 continue
             elif not blocking:
                 return None
+            blocking_query = index != 0  # else a plain read, still part of this look
             pair, index = await read_key(self._http, key, index, self._backend.timeout)
+            if blocking_query:
+                # Answered: the key changed, or the wait ran out. Either way the waiter
+                # looks again (Backend.wakeups); all waiters on the key do (no SINGLE_WAKEUP).
+                self._backend.wakeups += 1
 
     async def _lock(self, contender: _Contender, seen: KVPair | None) -> TxnOutcome:
         """Lock ``contender.key`` if it is still as seen (absent, or free at that index)."""
@@ -401,6 +407,7 @@ class ConsulBackend(Backend):
     """
 
     scheme = "consul"
+    wakeups: int  # counted (Backend.wakeups): set to 0 in __init__
     capabilities = frozenset({Capability.CROSS_PROCESS, Capability.EXPIRE_SESSION})
     options: ClassVar[Mapping[str, Option]] = {
         **COMMON_OPTIONS,
@@ -438,6 +445,7 @@ class ConsulBackend(Backend):
         self.tls = bool(options["tls"] or self._ca_file or self._cert_file)
         self._tls_verify: bool = options["tls_verify"]
         self._http: ConsulHTTP | None = None
+        self.wakeups = 0
 
     def __repr__(self) -> str:
         return f"<ConsulBackend {'https' if self.tls else 'http'}://{','.join(self.hosts)}>"

@@ -120,7 +120,8 @@ Known: on etcd 3.5.1 (the test servers' etcd 3.5), ``node pause`` of the leader 
 overlaps and false LOSTs: a leader stalled past the TTL revokes, when it runs again, the
 leases that expired in its own view, although their clients kept them alive through the new
 leader (etcd-io/etcd#15247, #12528). The holder cannot know before the revoke; fencing
-refuses its writes once the next holder wrote.
+refuses its writes once the next holder wrote. On Consul, a 2-minute soak once showed an
+overlap at the same moment (a leader paused past the TTL running again), not diagnosed yet.
 
 It runs on loopback only and stops by itself (Ctrl-C or SIGTERM stop it early, cleanly,
 with the figures so far). Times come from ``time.monotonic()`` in every process:

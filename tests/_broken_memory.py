@@ -1,0 +1,316 @@
+"""Deliberately broken memory backends, for the suite's own regression test.
+
+Each variant is :class:`~coordination.memory.MemoryBackend` with one mistake a backend author
+could make, served under a scheme of its own (``memory-poll50://...``). The conformance suite
+must fail each of them: ``tests/test_suite_catches.py`` runs the shipped mixins against every
+variant (with :class:`BrokenMemoryFixtures`) and checks which tests caught it.
+
+A variant that wakes a waiter counts it in ``Backend.wakeups``, as the correct backend does:
+a poll is a wake-up (the waiter woke to look again), so is every waiter of a herd.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Collection
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+
+import coordination
+from coordination import Versioned
+from coordination.abc import Kind
+from coordination.memory import MemoryBackend, _Contender, _MemorySession
+from coordination.testing import CoordinationFixtures, Harness
+
+__all__ = ["VARIANTS", "BrokenMemoryFixtures", "register"]
+
+
+class _Variant(MemoryBackend):
+    """A memory backend whose sessions are ``session_class``."""
+
+    session_class: ClassVar[type[_MemorySession]] = _MemorySession
+
+    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
+        await anyio.lowlevel.checkpoint()
+        session = self.session_class(self, ttl, monitor)
+        self.store.sessions[session.id] = session
+        return session
+
+
+# -- a waiter that polls instead of watching the contender ahead ----------------------------
+
+
+class _PollingSession(_MemorySession):
+    backend: PollingBackend
+
+    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+        await anyio.lowlevel.checkpoint()
+        while True:
+            self._check()
+            queue = self.store.queues[(contender.kind, contender.name)]
+            if queue.index(contender) == 0:
+                return contender.revision
+            if not blocking:
+                return None
+            await anyio.sleep(self.backend.poll_interval)
+            self.backend.wakeups += 1  # it woke up to look again
+
+
+class PollingBackend(_Variant):
+    """Waiters look again every ``poll_interval`` seconds instead of being woken."""
+
+    poll_interval: ClassVar[float]
+    session_class = _PollingSession
+
+
+class Poll50Backend(PollingBackend):
+    """Waiters poll every 50 ms."""
+
+    scheme = "memory-poll50"
+    poll_interval = 0.05
+
+
+class Poll2sBackend(PollingBackend):
+    """Waiters poll every 2 s."""
+
+    scheme = "memory-poll2s"
+    poll_interval = 2.0
+
+
+# -- a release that wakes every waiter (a herd) ----------------------------------------------
+
+
+class _HerdSession(_MemorySession):
+    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+        store, key = self.store, (contender.kind, contender.name)
+        await anyio.lowlevel.checkpoint()
+        while True:
+            changed = store.changes.event(key)  # set when the head leaves: every waiter wakes
+            self._check()
+            queue = store.queues[key]
+            if queue[0] is contender:
+                return contender.revision
+            if not blocking:
+                return None
+            with anyio.move_on_after(store.ttl_left(queue[0])):
+                await changed.wait()
+            if changed.is_set():
+                self.backend.wakeups += 1
+            # else the head's TTL was due: the next _check reaps it if it was not renewed
+
+
+class HerdBackend(_Variant):
+    """Every waiter watches the owner, not the contender just ahead: a release wakes all."""
+
+    scheme = "memory-herd"
+    session_class = _HerdSession
+
+
+# -- fencing tokens that do not increase ----------------------------------------------------
+
+
+class _ConstantTokenSession(_MemorySession):
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
+        contender = await super().enqueue(kind, name, value)
+        contender.revision = 1  # every holder of every name: token 1
+        return contender
+
+
+class ConstantTokenBackend(_Variant):
+    """Every holding's token is 1: tokens repeat."""
+
+    scheme = "memory-token-constant"
+    session_class = _ConstantTokenSession
+
+
+class _SessionTokenSession(_MemorySession):
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
+        contender = await super().enqueue(kind, name, value)
+        contender.revision = int(self.id.rsplit("-", 1)[1])  # the session's number, like a lease id
+        return contender
+
+
+class SessionTokenBackend(_Variant):
+    """A holding's token is its session's number (as if the lease id were the token): it
+    repeats when a session takes the lock again and goes down when an older session follows a
+    newer one, though it increases whenever sessions take turns in the order they were opened."""
+
+    scheme = "memory-token-session"
+    session_class = _SessionTokenSession
+
+
+# -- a cancelled or timed-out waiter left queued ---------------------------------------------
+
+
+class _NoWithdrawSession(_MemorySession):
+    async def withdraw(self, contender: _Contender) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self.store.head(contender.kind, contender.name) is contender:
+            self.store.remove(contender)  # a release (the owner withdrawing) still works
+        # a waiter's withdraw (cancelled, timed out, a try_acquire that lost) does nothing
+
+
+class NoWithdrawBackend(_Variant):
+    """Withdrawing a waiter does nothing: cancelled and timed-out acquires stay queued (only
+    the owner's withdraw, a release, removes it)."""
+
+    scheme = "memory-no-withdraw"
+    session_class = _NoWithdrawSession
+
+
+# -- a lock that lets a second session in ----------------------------------------------------
+
+
+class _SecondInSession(_MemorySession):
+    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+        store = self.store
+        await anyio.lowlevel.checkpoint()
+        while True:
+            self._check()
+            queue = store.queues[(contender.kind, contender.name)]
+            position = queue.index(contender)
+            if position <= 1:  # the bug: the first waiter counts as an owner too
+                return contender.revision
+            if not blocking:
+                return None
+            ahead = queue[position - 2 : position]
+            with anyio.move_on_after(min(store.ttl_left(c) for c in ahead)):
+                async with anyio.create_task_group() as tg:
+                    for other in ahead:
+                        tg.start_soon(_cancel_when_gone, other, tg.cancel_scope)
+            if any(c.gone.is_set() for c in ahead):
+                self.backend.wakeups += 1
+
+
+async def _cancel_when_gone(contender: _Contender, scope: anyio.CancelScope) -> None:
+    await contender.gone.wait()
+    scope.cancel()
+
+
+class SecondInBackend(_Variant):
+    """The contender just behind the owner is told it owns too: two holders at once."""
+
+    scheme = "memory-second-in"
+    session_class = _SecondInSession
+
+
+# -- a watch that goes back to an older version ------------------------------------------------
+
+
+class OutOfOrderWatchBackend(_Variant):
+    """After each change, the watch yields the new value and then the one before it again (a
+    late event replayed after a newer one): versions go backwards."""
+
+    scheme = "memory-watch-backwards"
+
+    async def watch(self, key: str) -> AsyncIterator[Versioned | None]:
+        store = self.store
+        previous: Versioned | None = None
+        while True:
+            changed = store.changes.event(key)
+            current = store.values.get(key)
+            yield current
+            if previous is not None and previous != current:
+                yield previous  # older than what was just yielded
+            previous = current
+            await changed.wait()
+
+
+# -- a lost session the client never hears of -------------------------------------------------
+
+
+class _DeafSession(_MemorySession):
+    def _check(self) -> None:
+        self.store.reap()  # ended or not, this session is answered as if alive
+
+    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+        store = self.store
+        await anyio.lowlevel.checkpoint()
+        while True:
+            queue = store.queues.get((contender.kind, contender.name), [])
+            if contender not in queue:  # dropped with its ended session: nobody tells the waiter
+                if not blocking:
+                    return None
+                await anyio.sleep_forever()
+            position = queue.index(contender)
+            if position == 0:
+                return contender.revision
+            if not blocking:
+                return None
+            ahead = queue[position - 1]
+            with anyio.move_on_after(store.ttl_left(ahead)):
+                await ahead.gone.wait()
+            store.reap()
+            if ahead.gone.is_set():
+                self.backend.wakeups += 1
+
+
+class SilentLossBackend(_Variant):
+    """When the server ends a session from outside, its locks go to others, but the client is
+    never told: no expiry notice, and keepalives of the ended session are still answered. The
+    holder's body runs on while another session holds the lock."""
+
+    scheme = "memory-silent-loss"
+    session_class = _DeafSession
+
+    async def expire_session(self, session_id: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        session = self.store.sessions.get(session_id)
+        if session is not None:
+            self.store._end(session)  # its contenders removed, its monitor not told
+
+
+VARIANTS: dict[str, type[MemoryBackend]] = {
+    backend.scheme: backend
+    for backend in (
+        Poll50Backend,
+        Poll2sBackend,
+        HerdBackend,
+        ConstantTokenBackend,
+        SessionTokenBackend,
+        NoWithdrawBackend,
+        SecondInBackend,
+        OutOfOrderWatchBackend,
+        SilentLossBackend,
+    )
+}
+"""Every broken variant by its scheme."""
+
+
+def register() -> None:
+    """Serve every variant's scheme in this process (``coordination.register``)."""
+    for scheme, backend in VARIANTS.items():
+        coordination.register(scheme, backend)
+
+
+class BrokenMemoryFixtures(CoordinationFixtures):
+    """The memory conformance fixture (``tests/test_memory_conformance.py``) for any memory
+    backend: set ``scheme`` to a variant's (or ``memory``)."""
+
+    scheme: ClassVar[str] = "memory"
+
+    @pytest.fixture
+    def coordination_url(self) -> str:
+        return f"{self.scheme}://conformance-{uuid.uuid4().hex[:8]}"
+
+    async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
+        """Contenders queued under the namespace, and sessions of ``session_ids`` still alive."""
+        async with harness.session() as coord:
+            backend = coord._backend
+            assert isinstance(backend, MemoryBackend)
+            store = backend.store
+            prefix = f"{coord.namespace}/"
+            found = [
+                f"{contender.kind} {contender.name} (session {contender.session.id})"
+                for (_, name), queue in store.queues.items()
+                if name.startswith(prefix)
+                for contender in queue
+            ]
+            # Not this hook's own session: once every connection closed, the store was dropped
+            # and its new one numbers sessions from 1 again, reusing a closed session's id.
+            found += [
+                f"session {sid}" for sid in session_ids if sid in store.sessions and sid != coord.session_id
+            ]
+        return found

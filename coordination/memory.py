@@ -47,6 +47,9 @@ __all__ = ["MemoryBackend", "MemoryStore"]
 # The stores of each event loop by name; a store leaves when its last connection closes.
 _stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, MemoryStore]]
 _stores = weakref.WeakKeyDictionary()
+# Session numbers are unique in the process, not per store: a store dropped and made again
+# under the same name must not reuse the id of a session a caller still remembers.
+_session_numbers = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -84,7 +87,6 @@ class MemoryStore:
         self.name = name
         self.connections = 0
         self.revision = 0
-        self._session_ids = itertools.count(1)
         self.sessions: dict[str, _MemorySession] = {}
         self.queues: dict[tuple[Kind, str], list[_Contender]] = {}
         self.values: dict[str, Versioned] = {}
@@ -172,7 +174,7 @@ class _MemorySession(BackendSession[_Contender]):
     def __init__(self, backend: MemoryBackend, ttl: float, monitor: SessionMonitor) -> None:
         self.backend = backend
         store = self.store = backend.store
-        self.id = f"{store.name}-{next(store._session_ids)}"
+        self.id = f"{store.name}-{next(_session_numbers)}"
         self.ttl = ttl
         self.keepalive_interval = ttl / 3
         self.monitor = monitor

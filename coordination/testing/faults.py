@@ -625,7 +625,7 @@ class FaultTests:
                     if ended * 2 >= self.cancelled_acquires:
                         half.set()
 
-                with anyio.fail_after(h.t(90)):
+                with h.deadline(60, f"{self.cancelled_acquires} waiters ending or cancelled"):
                     async with anyio.create_task_group() as tg:
                         for i in range(self.cancelled_acquires):
                             coord = coords[i % len(coords)]

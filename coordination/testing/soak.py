@@ -116,12 +116,15 @@ The counts
     shared); ``--record PATH`` writes every event, fault and decision as JSON lines, which
     ``--replay PATH`` counts again.
 
-Known: on etcd 3.5.1 (the test servers' etcd 3.5), ``node pause`` of the leader can show
-overlaps and false LOSTs: a leader stalled past the TTL revokes, when it runs again, the
-leases that expired in its own view, although their clients kept them alive through the new
-leader (etcd-io/etcd#15247, #12528). The holder cannot know before the revoke; fencing
-refuses its writes once the next holder wrote. On Consul, a 2-minute soak once showed an
-overlap at the same moment (a leader paused past the TTL running again), not diagnosed yet.
+Known: on etcd, ``node pause`` of the leader past the TTL can show overlaps: the old leader,
+running again, revokes the leases that expired in its own view although their clients kept
+them alive through the new leader (etcd-io/etcd#15247, #12528). etcd 3.5.11 and later check
+leadership before revoking, but skip the check when the raft loop ticked in the last three
+ticks, which it does at once when a whole stopped process runs again; 3.5.35 (the test
+servers' etcd 3.5) still shows it. The holder learns within milliseconds (its key is deleted)
+but cannot know before; fencing refuses its writes once the next holder wrote. On Consul, a
+2-minute soak once showed an overlap at the same moment (a leader paused past the TTL running
+again), not diagnosed yet.
 
 It runs on loopback only and stops by itself (Ctrl-C or SIGTERM stop it early, cleanly,
 with the figures so far). Times come from ``time.monotonic()`` in every process:

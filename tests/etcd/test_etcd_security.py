@@ -122,7 +122,9 @@ async def test_tls_with_client_certificate_and_password(
 
     monkeypatch.setattr(EtcdClient, "authenticate", counting)
     url = secure_url(secure_etcd, user="root", password=PASSWORD)
-    async with coordination.connect(url, ttl=3, timeout=5) as coord:
+    # ttl 9: keepalives every 3 s, so the 1 s token expires between them too, and a keepalive
+    # stream opened after it did is refused (etcd 3.5.35) until it logs in again.
+    async with coordination.connect(url, ttl=9, timeout=5) as coord:
         session = coord.session_id
         held = await coord.lock("tls").acquire()
         config = coord.config("tls")

@@ -277,20 +277,42 @@ class _Calls:
 
 
 class KeepAliveStream:
-    """One ``LeaseKeepAlive`` stream: a renewal is one request and its reply on it."""
+    """One ``LeaseKeepAlive`` stream: a renewal is one request and its reply on it.
 
-    def __init__(self, call: Any, calls: _Calls) -> None:
-        self._call = call
-        self._calls = calls
+    etcd checks the auth token when a stream starts (3.5.35 also counts a renewal as a use
+    of it): a stream refused for an expired token is opened again with a fresh one, once.
+    """
+
+    def __init__(self, client: EtcdClient) -> None:
+        self._client = client
+        self._calls = client._calls
+        self._call = client._lease.LeaseKeepAlive(metadata=client._metadata)
 
     async def round_trip(self, lease_id: int) -> int:
         """Renew ``lease_id`` once; return the TTL etcd granted (0 or less: the lease is gone)."""
+        reply = await self._renew(lease_id)
+        if reply is None:  # the token expired
+            self._call.cancel()
+            await self._client.authenticate()
+            self._call = self._client._lease.LeaseKeepAlive(metadata=self._client._metadata)
+            reply = await self._renew(lease_id)
+            if reply is None:
+                raise Unavailable("etcd keepalive: the auth token was refused right after login")
+        return int(reply.TTL)
+
+    async def _renew(self, lease_id: int) -> Any:
+        """The reply to one renewal, or None when etcd refused the stream's token."""
         with self._calls.track("keepalive"), rpc_errors("keepalive"):
-            await grpc_await(self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id)))
-            reply = await grpc_await(self._call.read())
+            try:
+                await grpc_await(self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id)))
+                reply = await grpc_await(self._call.read())
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAUTHENTICATED or not self._client.has_user:
+                    raise
+                return None
         if reply is grpc.aio.EOF:
             raise Unavailable("etcd closed the keepalive stream")
-        return int(reply.TTL)
+        return reply
 
     def close(self) -> None:
         self._call.cancel()
@@ -370,6 +392,11 @@ class EtcdClient:
             await retired.close()
         await self._channel.close()
 
+    @property
+    def has_user(self) -> bool:
+        """Whether requests carry a user's auth token."""
+        return self._user is not None
+
     async def authenticate(self) -> None:
         """Get an auth token for the user (nothing to do without one)."""
         if self._user is None:
@@ -438,7 +465,7 @@ class EtcdClient:
 
     def keepalive_stream(self) -> KeepAliveStream:
         """Open a ``LeaseKeepAlive`` stream (it connects on first use)."""
-        return KeepAliveStream(self._lease.LeaseKeepAlive(metadata=self._metadata), self._calls)
+        return KeepAliveStream(self)
 
     # -- watches ---------------------------------------------------------------------------
 

@@ -113,10 +113,11 @@ async def run_demo(url: str, *, services: int = 3) -> int:
                     f"stops being renewed; the demo expires it now rather than wait out the {ttl:g}s ttl",
                 )
                 try:
-                    await observer._backend.expire_session(victim.session_id or "")
+                    await observer.expire_session(victim.session_id or "")
                 except Unsupported:  # e.g. ZooKeeper: only the session's owner can end it
-                    assert victim._session is not None
-                    victim._session.lose("the demo froze it past its deadline")
+                    session = victim._engine.session
+                    assert session is not None
+                    session.lose("the demo froze it past its deadline")
                 await done.wait()
                 tg.cancel_scope.cancel()
 

@@ -64,22 +64,46 @@ class OperationTimeout(CoordinationError, TimeoutError):
 
 
 class AcquireTimeout(CoordinationError, TimeoutError):
-    """``acquire(timeout=...)`` or ``campaign(timeout=...)`` ran out of time."""
+    """``acquire(timeout=...)`` or ``campaign(timeout=...)`` ran out of time.
+
+    ``name`` is the lock or election, ``timeout`` the seconds it ran for (``None`` when
+    raised by hand without them).
+    """
+
+    def __init__(self, message: str, *, name: str | None = None, timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.timeout = timeout
 
 
 class SessionExpired(CoordinationError):
     """The session ended: the server expired it, or its local deadline passed."""
 
 
-class LockLost(CoordinationError):
+class _HoldingError(CoordinationError):
+    """An error about one holding: ``name``, ``token`` and ``reason`` say which and why."""
+
+    def __init__(
+        self, message: str, *, name: str | None = None, token: int | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        """The lock or election name."""
+        self.token = token
+        """The fencing token of the holding."""
+        self.reason = reason
+        """Why it was lost (for NotHeld: why it is not held)."""
+
+
+class LockLost(_HoldingError):
     """A held lock was lost (its session ended) before it was released."""
 
 
-class LeadershipLost(CoordinationError):
+class LeadershipLost(_HoldingError):
     """A leadership was lost (its session ended) before it was resigned."""
 
 
-class NotHeld(CoordinationError):
+class NotHeld(_HoldingError):
     """The lock or leadership is not held by this handle (already released or resigned)."""
 
 

@@ -1,126 +1,28 @@
 """The user-facing primitives: locks, elections and config values.
 
 Made by a :class:`~coordination.Coordinator` (``coord.lock(name)``, ``coord.election(name)``,
-``coord.config(name)``); none of them does I/O when created.
+``coord.config(name)``); none of them does I/O when created. They run on the
+:class:`~coordination._engine.Engine` below them, which owns sessions and holdings.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any
 
 import anyio
 
+from ._engine import Engine, Holding, Session
 from ._names import validate_value
 from ._types import Leader, Versioned
 from .abc import HISTORY_RESET
-from .exceptions import CoordinationError, LeadershipLost, LockLost, NotHeld
-
-if TYPE_CHECKING:
-    from ._coordinator import Coordinator, _Session
+from .exceptions import LeadershipLost, LockLost
 
 __all__ = ["Config", "Election", "HeldLock", "Leader", "Leadership", "Lock", "Versioned"]
 
 
-class _Holding:
-    """What HeldLock and Leadership share: a token, loss tracking and the guarded body."""
-
-    _what: ClassVar[str]
-    _lost_error: ClassVar[type[CoordinationError]]
-
-    def __init__(self, coord: Coordinator, session: _Session, contender: Any, name: str, token: int) -> None:
-        self._coord = coord
-        self._session = session
-        self._contender = contender
-        self.name = name
-        """The lock or election name."""
-        self.token = token
-        """The fencing token: strictly increases across successive holders of this name."""
-        self.identity = coord.identity
-        """The holder identity (the coordinator's ``identity`` option)."""
-        self._ended = anyio.Event()
-        self._lost_reason: str | None = None
-        self._released = False
-        self._scopes: list[anyio.CancelScope] = []
-
-    def __repr__(self) -> str:
-        state = "held" if self.held else "lost" if self.lost else "released"
-        return f"<{type(self).__name__} {self.name!r} token={self.token} {state}>"
-
-    @property
-    def held(self) -> bool:
-        """True until released or lost; checks the session's local deadline against the clock."""
-        return not self._released and self._lost_reason is None and self._session.live()
-
-    @property
-    def lost(self) -> bool:
-        """True once lost (its session ended before it was released)."""
-        return self._lost_reason is not None
-
-    async def wait_lost(self) -> None:
-        """Wait until this is lost, or released; ``lost`` tells which."""
-        await self._ended.wait()
-
-    def _lose(self, reason: str) -> None:
-        if self._released or self._lost_reason is not None:
-            return
-        self._lost_reason = reason
-        self._ended.set()
-        for scope in self._scopes:
-            scope.cancel()
-
-    def _lost_exc(self) -> CoordinationError:
-        return self._lost_error(
-            f"{self._what} {self.name!r} (token {self.token}) was lost: {self._lost_reason}"
-        )
-
-    def _check_held(self) -> None:
-        """Raise unless held: the loss error once lost, NotHeld once released."""
-        if self._released:
-            raise NotHeld(f"{self._what} {self.name!r} (token {self.token}) was already released")
-        if not self.held:
-            raise self._lost_exc()
-
-    async def _end(self) -> None:
-        self._check_held()
-        self._released = True
-        self._ended.set()
-        self._session.holdings.discard(self)
-        await self._coord.withdraw(self._session, self._contender)
-
-    # -- the guarded ``async with`` body ---------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        """Guard a body with this holding: cancelled on loss, released at exit.
-
-        ``async with await lock.acquire(timeout=5) as held:`` is ``async with lock`` with a
-        timeout. If the holding is lost, the body is cancelled and the loss error
-        (:class:`~coordination.LockLost` / :class:`~coordination.LeadershipLost`) is raised
-        at its exit.
-        """
-        scope = anyio.CancelScope()
-        scope.__enter__()
-        self._scopes.append(scope)
-        if not self.held:
-            scope.cancel()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        scope = self._scopes.pop()
-        swallowed = bool(scope.__exit__(exc_type, exc, tb))
-        if self._released:  # released inside the body
-            return swallowed
-        if not self.held:
-            raise self._lost_exc() from (None if swallowed else exc)
-        with anyio.CancelScope(shield=True):
-            await self._end()
-        return swallowed
-
-
-class HeldLock(_Holding):
+class HeldLock(Holding):
     """A held distributed lock. ``token`` is its fencing token; pass it to the resource."""
 
     _what = "lock"
@@ -135,16 +37,16 @@ class HeldLock(_Holding):
         await self._end()
 
 
-class Leadership(_Holding):
+class Leadership(Holding):
     """Leadership of an election. ``token`` is its fencing token for the whole term."""
 
     _what = "leadership of"
     _lost_error = LeadershipLost
 
     def __init__(
-        self, coord: Coordinator, session: _Session, contender: Any, name: str, token: int, value: bytes
+        self, engine: Engine, session: Session, contender: Any, name: str, token: int, value: bytes
     ) -> None:
-        super().__init__(coord, session, contender, name, token)
+        super().__init__(engine, session, contender, name, token, value)
         self.value = value
         """The leader value this leadership last published."""
 
@@ -156,7 +58,7 @@ class Leadership(_Holding):
         """
         value = validate_value(value)
         self._check_held()
-        await self._coord.call(
+        await self._engine.call(
             self._session.bs.proclaim(self._contender, value), f"proclaiming on {self.name!r}"
         )
         self.value = value
@@ -173,16 +75,13 @@ class Leadership(_Holding):
 class Lock:
     """A distributed lock. Not re-entrant: a task that holds it and enters again waits."""
 
-    def __init__(self, coord: Coordinator, name: str) -> None:
-        self._coord = coord
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
         self.name = name
         self._entered: dict[int, list[HeldLock]] = {}
 
     def __repr__(self) -> str:
         return f"<Lock {self.name!r}>"
-
-    def _make(self, session: _Session, contender: Any, token: int) -> HeldLock:
-        return HeldLock(self._coord, session, contender, self.name, token)
 
     async def acquire(self, timeout: float | None = None) -> HeldLock:
         """Wait until the lock is held and return it.
@@ -190,16 +89,18 @@ class Lock:
         Raises :class:`~coordination.AcquireTimeout` after ``timeout`` seconds. A timed-out
         or cancelled acquire leaves nothing behind that could delay the next acquirer.
         """
-        held = await self._coord.acquire(
-            "lock", self.name, self._coord.identity.encode(), blocking=True, timeout=timeout, make=self._make
+        engine = self._engine
+        held = await engine.acquire(
+            "lock", self.name, engine.identity.encode(), blocking=True, timeout=timeout, holding=HeldLock
         )
         assert held is not None
         return held
 
     async def try_acquire(self) -> HeldLock | None:
         """Take the lock if it is free right now; ``None`` if another holder or waiter is ahead."""
-        return await self._coord.acquire(
-            "lock", self.name, self._coord.identity.encode(), blocking=False, timeout=None, make=self._make
+        engine = self._engine
+        return await engine.acquire(
+            "lock", self.name, engine.identity.encode(), blocking=False, timeout=None, holding=HeldLock
         )
 
     async def __aenter__(self) -> HeldLock:
@@ -233,13 +134,9 @@ class Campaign:
         self._leadership: Leadership | None = None
 
     async def _run(self) -> Leadership:
-        coord, name, value = self._election._coord, self._election.name, self._value
-
-        def make(session: _Session, contender: Any, token: int) -> Leadership:
-            return Leadership(coord, session, contender, name, token, value)
-
-        leadership = await coord.acquire(
-            "election", name, value, blocking=True, timeout=self._timeout, make=make
+        election = self._election
+        leadership = await election._engine.acquire(
+            "election", election.name, self._value, blocking=True, timeout=self._timeout, holding=Leadership
         )
         assert leadership is not None
         return leadership
@@ -263,8 +160,8 @@ class Campaign:
 class Election:
     """A leader election: one leader at a time among the candidates campaigning."""
 
-    def __init__(self, coord: Coordinator, name: str) -> None:
-        self._coord = coord
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
         self.name = name
 
     def __repr__(self) -> str:
@@ -281,17 +178,16 @@ class Election:
 
     async def leader(self) -> Leader | None:
         """The current leader, or ``None`` if there is none."""
-        self._coord.check_open()
-        return await self._coord.call(
-            self._coord._backend.leader(self._coord._key(self.name)), "reading the leader"
-        )
+        engine = self._engine
+        engine.check_open()
+        return await engine.call(engine.backend.leader(engine.key(self.name)), "reading the leader")
 
     async def observe(self) -> AsyncGenerator[Leader | None, None]:
         """Yield the current leader (or ``None``) now and at every change."""
-        key = self._coord._key(self.name)
-        backend = self._coord._backend
+        key = self._engine.key(self.name)
+        backend = self._engine.backend
         last: Leader | bool | None = False  # False: nothing yielded yet
-        async for leader in self._coord.stream(lambda: backend.observe(key), f"observing {self.name!r}"):
+        async for leader in self._engine.stream(lambda: backend.observe(key), f"observing {self.name!r}"):
             if leader != last:
                 last = leader
                 yield leader
@@ -300,24 +196,24 @@ class Election:
 class Config:
     """A config value: ``bytes`` with a version that strictly increases at every write."""
 
-    def __init__(self, coord: Coordinator, name: str) -> None:
-        self._coord = coord
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
         self.name = name
-        self._key = coord._key(name)
+        self._key = engine.key(name)
 
     def __repr__(self) -> str:
         return f"<Config {self.name!r}>"
 
     async def get(self) -> Versioned | None:
         """The value and its version, or ``None`` if absent."""
-        self._coord.check_open()
-        return await self._coord.call(self._coord._backend.get(self._key), f"reading {self.name!r}")
+        self._engine.check_open()
+        return await self._engine.call(self._engine.backend.get(self._key), f"reading {self.name!r}")
 
     async def set(self, value: bytes) -> int:
         """Write ``value``; return its new version."""
         value = validate_value(value)
-        self._coord.check_open()
-        return await self._coord.call(self._coord._backend.set(self._key, value), f"writing {self.name!r}")
+        self._engine.check_open()
+        return await self._engine.call(self._engine.backend.set(self._key, value), f"writing {self.name!r}")
 
     async def compare_and_set(self, value: bytes, expected_version: int | None) -> bool:
         """Write only if the current version is ``expected_version`` (``None``: only if absent)."""
@@ -326,15 +222,15 @@ class Config:
             not isinstance(expected_version, int) or isinstance(expected_version, bool)
         ):
             raise TypeError(f"expected_version must be an int or None, not {type(expected_version).__name__}")
-        self._coord.check_open()
-        return await self._coord.call(
-            self._coord._backend.compare_and_set(self._key, value, expected_version), f"writing {self.name!r}"
+        self._engine.check_open()
+        return await self._engine.call(
+            self._engine.backend.compare_and_set(self._key, value, expected_version), f"writing {self.name!r}"
         )
 
     async def delete(self) -> bool:
         """Delete the value; return whether it existed."""
-        self._coord.check_open()
-        return await self._coord.call(self._coord._backend.delete(self._key), f"deleting {self.name!r}")
+        self._engine.check_open()
+        return await self._engine.call(self._engine.backend.delete(self._key), f"deleting {self.name!r}")
 
     async def watch(self) -> AsyncGenerator[Versioned | None, None]:
         """Yield the current state first, then each change (``None`` when absent).
@@ -344,10 +240,10 @@ class Config:
         value always is. (Only where the server's own version counter went backwards, as
         after a Consul snapshot restore, does the next version start lower.)
         """
-        backend, key = self._coord._backend, self._key
+        backend, key = self._engine.backend, self._key
         last_version = -1
         absent: bool | None = None  # None: nothing yielded yet
-        async for item in self._coord.stream(lambda: backend.watch(key), f"watching {self.name!r}"):
+        async for item in self._engine.stream(lambda: backend.watch(key), f"watching {self.name!r}"):
             if item is HISTORY_RESET:
                 last_version = -1
                 continue

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +150,14 @@ def test_memory_url_takes_a_store_name_only() -> None:
         coordination.connect("memory://a:1")
     with pytest.raises(coordination.InvalidURL, match="store name"):
         coordination.connect("memory://a,b")
+
+
+def test_core_imports_run_one_way() -> None:
+    """__init__ -> _coordinator -> primitives -> _engine -> abc: no cycle, not even a lazy one."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "import-graph"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no import cycles" in result.stdout, result.stdout
+    edges = {line.split()[0]: line.partition("->")[2] for line in result.stdout.splitlines() if "->" in line}
+    assert "coordination._coordinator" not in edges["coordination.primitives"]
+    assert "coordination.primitives" not in edges["coordination._engine"]

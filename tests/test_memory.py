@@ -33,7 +33,7 @@ async def _until(check: Callable[[], bool], scaled: Callable[[float], float]) ->
 
 
 def _queue(coord: coordination.Coordinator, name: str) -> list[Any]:
-    store: MemoryStore = coord._backend.store  # type: ignore[attr-defined]
+    store: MemoryStore = coord._engine.backend.store  # type: ignore[attr-defined]
     return store.queues.get(("lock", name), [])
 
 
@@ -59,7 +59,7 @@ async def test_waiters_acquire_in_fifo_order(scaled: Callable[[float], float]) -
 
 def _wakeups(coords: list[coordination.Coordinator]) -> int:
     """The wake-ups counted by the waiters' backends (``Backend.wakeups``), summed."""
-    return sum(coord._backend.wakeups or 0 for coord in coords)
+    return sum(coord._engine.backend.wakeups or 0 for coord in coords)
 
 
 async def test_a_release_wakes_exactly_one_waiter(scaled: Callable[[float], float]) -> None:
@@ -69,7 +69,7 @@ async def test_a_release_wakes_exactly_one_waiter(scaled: Callable[[float], floa
     async with AsyncExitStack() as stack:
         holder = await stack.enter_async_context(coordination.connect(url, ttl=ttl))
         waiters = [await stack.enter_async_context(coordination.connect(url, ttl=ttl)) for _ in range(n)]
-        assert [w._backend.wakeups for w in [holder, *waiters]] == [0] * (n + 1)
+        assert [w._engine.backend.wakeups for w in [holder, *waiters]] == [0] * (n + 1)
         held = await holder.lock("herd").acquire()
         got: list[tuple[int, HeldLock]] = []
 
@@ -92,7 +92,7 @@ async def test_a_release_wakes_exactly_one_waiter(scaled: Callable[[float], floa
                 who, lock = got[turn]
                 assert who == turn, "FIFO"
                 await lock.release()
-        assert [w._backend.wakeups for w in waiters] == [1] * n
+        assert [w._engine.backend.wakeups for w in waiters] == [1] * n
 
 
 class _Stalling(MemoryBackend):
@@ -306,10 +306,10 @@ async def test_a_session_granted_late_is_renewed_before_its_deadline() -> None:
 async def test_unrenewed_session_expires_at_its_ttl(scaled: Callable[[float], float]) -> None:
     url = _url()
     async with coordination.connect(url, ttl=0.5) as a, coordination.connect(url, ttl=0.5) as b:
-        store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
+        store: MemoryStore = a._engine.backend.store  # type: ignore[attr-defined]
         held = await a.lock("ttl").acquire()
         session_id = a.session_id
-        a._supervisor.cancel()  # type: ignore[union-attr]  # a's keepalives stop, as if its process froze
+        a._engine._supervisor.cancel()  # type: ignore[union-attr]  # a's keepalives stop, as if its process froze
         start = time.monotonic()
         with anyio.fail_after(scaled(3)):
             taken = await b.lock("ttl").acquire()
@@ -360,7 +360,7 @@ async def test_store_is_shared_while_open_and_dropped_after() -> None:
 async def test_close_is_clean() -> None:
     url = _url()
     async with coordination.connect(url) as a:
-        store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
+        store: MemoryStore = a._engine.backend.store  # type: ignore[attr-defined]
         async with coordination.connect(url) as b:
             await b.lock("x").acquire()
             await b.election("e").campaign(b"v")
@@ -432,7 +432,7 @@ async def test_a_session_granted_after_its_deadline_is_not_installed() -> None:
     _TooLateGrant.late = 1
     try:
         async with coordination.connect(f"toolate://t-{uuid.uuid4().hex[:8]}", ttl=0.5) as a:
-            store: MemoryStore = a._backend.store  # type: ignore[attr-defined]
+            store: MemoryStore = a._engine.backend.store  # type: ignore[attr-defined]
             # The late session was closed, never shown: the coordinator opened another.
             assert a.state is SessionState.CONNECTED
             assert a.session_id is not None
@@ -454,7 +454,7 @@ async def test_keepalive_retries_are_bounded_and_logged_once(
     ttl = 1.0
     try:
         async with coordination.connect(f"outage://t-{uuid.uuid4().hex[:8]}", ttl=ttl) as a:
-            session = a._session
+            session = a._engine.session
             assert session is not None
             attempts: list[float] = []
             renew = session.bs.keepalive
@@ -478,3 +478,66 @@ async def test_keepalive_retries_are_bounded_and_logged_once(
     finally:
         _Outage.down = False
         coordination.unregister("outage")
+
+
+async def test_loss_and_timeout_errors_say_which_holding_and_why(scaled: Callable[[float], float]) -> None:
+    url = _url()
+    async with coordination.connect(url) as a, coordination.connect(url) as b:
+        held = await a.lock("jobs/err").acquire()
+        with pytest.raises(coordination.AcquireTimeout) as timed_out:
+            await b.lock("jobs/err").acquire(timeout=scaled(0.05))
+        assert (timed_out.value.name, timed_out.value.timeout) == ("jobs/err", scaled(0.05))
+        session_id = a.session_id
+        assert session_id is not None
+        await b.expire_session(session_id)
+        with anyio.fail_after(scaled(5)):
+            await held.wait_lost()
+        with pytest.raises(coordination.LockLost) as lost:
+            await held.release()
+        assert (lost.value.name, lost.value.token) == ("jobs/err", held.token)
+        assert "expired" in str(lost.value.reason)
+        again = await a.lock("jobs/err").acquire()
+        await again.release()
+        with pytest.raises(coordination.NotHeld) as released:
+            await again.release()
+        assert (released.value.name, released.value.token, released.value.reason) == (
+            "jobs/err",
+            again.token,
+            "released",
+        )
+
+
+async def test_the_coordinator_offers_users_no_engine_methods() -> None:
+    """acquire/withdraw/call/stream/check_open live on the engine, not on the user's object."""
+    async with coordination.connect(_url()) as coord:
+        public = {name for name in dir(coord) if not name.startswith("_")}
+        assert public == {
+            "backend",
+            "capabilities",
+            "config",
+            "election",
+            "expire_session",
+            "identity",
+            "lock",
+            "namespace",
+            "session_id",
+            "state",
+            "states",
+            "ttl",
+        }
+
+
+async def test_expire_session_needs_the_capability() -> None:
+    """A backend without EXPIRE_SESSION refuses by name, before any I/O."""
+
+    class NoExpiry(MemoryBackend):
+        scheme = "noexpiry"
+        capabilities = MemoryBackend.capabilities - {coordination.Capability.EXPIRE_SESSION}
+
+    coordination.register("noexpiry", NoExpiry)
+    try:
+        async with coordination.connect(f"noexpiry://t-{uuid.uuid4().hex[:8]}") as coord:
+            with pytest.raises(coordination.Unsupported, match="noexpiry backend cannot expire"):
+                await coord.expire_session("anything")
+    finally:
+        coordination.unregister("noexpiry")

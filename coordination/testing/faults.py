@@ -329,7 +329,7 @@ class FaultTests:
             cut = time.monotonic()
             suspended = await log.until(SessionState.SUSPENDED, ttl, after=cut)
             # No keepalive can be acknowledged from here on: the local deadline is fixed.
-            session = a._session
+            session = a._engine.session
             assert session is not None
             deadline = session.deadline
             lost = await log.until(SessionState.LOST, ttl + 2, after=cut)

@@ -97,7 +97,7 @@ class WatchTap:
 
     def __init__(self, coord: Coordinator) -> None:
         self.streams: list[list[Versioned | HistoryReset | None]] = []
-        backend = coord._backend
+        backend = coord._engine.backend
         original = backend.watch
 
         async def watch(key: str) -> AsyncIterator[Versioned | HistoryReset | None]:
@@ -531,7 +531,7 @@ class CoordinationFixtures:
         default sums ``Backend.wakeups`` of each coordinator's backend; ``None`` when the
         backend does not count them (those checks are then reported as not run).
         """
-        counts = [coord._backend.wakeups for coord in coords]
+        counts = [coord._engine.backend.wakeups for coord in coords]
         return None if None in counts else sum(count or 0 for count in counts)
 
     def takeover_floor(self, options: dict[str, Any]) -> float:
@@ -555,7 +555,7 @@ class CoordinationFixtures:
         (``Backend.expire_session``), which needs :attr:`Capability.EXPIRE_SESSION`.
         """
         async with harness.session() as other:
-            await other._backend.expire_session(session_id)
+            await other.expire_session(session_id)
 
     @pytest.fixture
     def harness(

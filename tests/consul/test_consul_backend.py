@@ -87,15 +87,17 @@ def test_go_durations() -> None:
 
 def test_defaults_and_options() -> None:
     coord = coordination.connect("consul://127.0.0.1/ns")
-    backend = coord._backend
+    backend = coord._engine.backend
     assert isinstance(backend, ConsulBackend)
     assert coord.ttl == 15
     assert backend.lock_delay == 15
     assert backend.hosts == ["127.0.0.1:8500"]
-    local = coordination.connect("consul://")._backend  # no host: the local agent
+    local = coordination.connect("consul://")._engine.backend  # no host: the local agent
     assert isinstance(local, ConsulBackend)
     assert local.hosts == ["127.0.0.1:8500"]
-    tls = coordination.connect("consul://a:1,[::1]:2/ns?tls=true&datacenter=dc2&lock_delay=0.5")._backend
+    tls = coordination.connect(
+        "consul://a:1,[::1]:2/ns?tls=true&datacenter=dc2&lock_delay=0.5"
+    )._engine.backend
     assert isinstance(tls, ConsulBackend)
     assert tls.hosts == ["a:1", "[::1]:2"]
     assert tls.tls
@@ -126,7 +128,7 @@ def test_bad_options(url: str, problem: str) -> None:
 def test_token_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
     coord = coordination.connect("consul://h:1/ns", token="s3cret-token")
-    assert "s3cret" not in repr(coord) + repr(coord._backend)
+    assert "s3cret" not in repr(coord) + repr(coord._engine.backend)
     with pytest.raises(InvalidURL) as info:
         coordination.connect("consul://h:1/ns", token=42)
     assert "42" not in str(info.value)
@@ -211,13 +213,13 @@ async def test_layout_and_session_on_the_server(
         assert info["LockDelay"] == 1_000_000_000  # nanoseconds
         assert info["Behavior"] == "release"
         assert "worker-7" in info["Name"]
-        assert coord._session is not None
+        assert coord._engine.session is not None
         # Bound by the 1 s lock-delay, shorter than the TTL: Consul may end the session when
         # its agent leaves, and only the lock-delay keeps its locks from others then.
         assert info["NodeChecks"] == [], "the session must not be bound to the agent's serfHealth"
         assert not info.get("ServiceChecks")
-        assert coord._session.bs.ttl == 1.0
-        assert coord._session.bs.keepalive_interval == pytest.approx(1 / 3)
+        assert coord._engine.session.bs.ttl == 1.0
+        assert coord._engine.session.bs.keepalive_interval == pytest.approx(1 / 3)
 
         held = await coord.lock("jobs/nightly").acquire()
         pair = await raw_kv(consul_server, f"{ns}/jobs/nightly/.lock", scaled=scaled)
@@ -333,7 +335,7 @@ async def test_config_versions_are_modify_indexes(consul_url: str) -> None:
 
 def _wakeups(coords: list[coordination.Coordinator]) -> int:
     """The wake-ups counted by the coordinators' backends (``Backend.wakeups``), summed."""
-    return sum(coord._backend.wakeups or 0 for coord in coords)
+    return sum(coord._engine.backend.wakeups or 0 for coord in coords)
 
 
 @pytest.mark.asyncio
@@ -356,7 +358,7 @@ async def test_a_release_wakes_every_waiter(
         ]
         blocked = [0] * n  # each waiter's blocking queries on the lock key in flight
         for i, waiter in enumerate(waiters):
-            backend = waiter._backend
+            backend = waiter._engine.backend
             assert isinstance(backend, ConsulBackend)
             assert backend.wakeups == 0
             http = backend.http
@@ -462,7 +464,7 @@ async def test_a_lock_request_applied_after_its_acquire_was_cancelled_leaves_not
         coordination.connect(consul_url, **OPTIONS) as b,
         anyio.create_task_group() as tg,
     ):
-        backend = a._backend
+        backend = a._engine.backend
         assert isinstance(backend, ConsulBackend)
         http = backend.http
         txn = http.txn
@@ -510,7 +512,7 @@ async def test_lock_delay_after_an_expiry_but_not_after_a_clean_close(
     ):
         held = await a.lock("delayed").acquire()
         assert a.session_id is not None
-        await b._backend.expire_session(a.session_id)
+        await b._engine.backend.expire_session(a.session_id)
         expired = time.monotonic()
         # The key is free, but Consul refuses every session until the lock-delay has passed.
         assert await b.lock("delayed").try_acquire() is None
@@ -685,6 +687,6 @@ async def test_tls_options(consul_url: str, tmp_path: Any) -> None:
         async with coordination.connect(consul_url, tls=True, timeout=3):
             pass
     assert isinstance(info.value.__cause__, aiohttp.ClientError)  # the client's error, kept
-    backend = coordination.connect(consul_url, ca_file=str(tmp_path / "missing.pem"))._backend
+    backend = coordination.connect(consul_url, ca_file=str(tmp_path / "missing.pem"))._engine.backend
     with pytest.raises(InvalidURL, match="TLS files"):
         await backend.open()

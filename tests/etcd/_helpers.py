@@ -28,7 +28,7 @@ async def sessions(url: str, n: int, **options: Any) -> AsyncIterator[list[Coord
 
 def client_of(coord: Coordinator) -> EtcdClient:
     """The etcd client behind ``coord``."""
-    backend = coord._backend
+    backend = coord._engine.backend
     assert isinstance(backend, EtcdBackend)
     return backend.client
 

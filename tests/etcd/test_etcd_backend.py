@@ -51,7 +51,7 @@ class Changes:
 
 def _wakeups(coords: Sequence[coordination.Coordinator]) -> int:
     """The wake-ups counted by the coordinators' backends (``Backend.wakeups``), summed."""
-    return sum(coord._backend.wakeups or 0 for coord in coords)
+    return sum(coord._engine.backend.wakeups or 0 for coord in coords)
 
 
 @asyncio
@@ -109,7 +109,7 @@ async def test_release_wakes_only_the_next_waiter(
         assert _increasing([held.token, *tokens])
         for coord in waiters:  # one watch each, one wake-up each: no herd
             assert len(watched[id(client_of(coord))]) == 1
-            assert coord._backend.wakeups == 1
+            assert coord._engine.backend.wakeups == 1
 
 
 @asyncio
@@ -447,10 +447,10 @@ def test_options_are_checked_before_any_io(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(InvalidURL, match="password"):
         coordination.connect("etcd://h/ns", password="secret")
     monkeypatch.setenv("ETCDCTL_USER", "alice:from-env")
-    backend = coordination.connect("etcd://h/ns")._backend
+    backend = coordination.connect("etcd://h/ns")._engine.backend
     assert isinstance(backend, EtcdBackend)
     assert (backend._user, backend._password) == ("alice", "from-env")
-    backend = coordination.connect("etcd://bob:pw@h/ns")._backend
+    backend = coordination.connect("etcd://bob:pw@h/ns")._engine.backend
     assert isinstance(backend, EtcdBackend)
     assert (backend._user, backend._password) == ("bob", "pw")
     assert "pw" not in repr(coordination.connect("etcd://bob:pw@h/ns"))
@@ -492,7 +492,7 @@ async def test_watches_and_waiters_go_on_across_failovers(
             tg.start_soon(wait)
             await changes.until(lambda: len(seen) == 1 and len(leaders) == 1)
             await wait_for_keys(client_of(other), f"{namespace}/moved/".encode(), 2)  # the waiter is queued
-            backend = moving._backend
+            backend = moving._engine.backend
             for _ in range(2):  # the second replacement closes the first channel
                 await backend.failover("a test moves the client on")
             v1 = await cfg.set(b"1")

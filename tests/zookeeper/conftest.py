@@ -35,7 +35,7 @@ def zookeeper_server(
 
 def backend_session(coord: Coordinator, session_id: str | None = None) -> ZooKeeperSession:
     """The backend session behind ``coord`` (its current one, or the one with ``session_id``)."""
-    backend = coord._backend
+    backend = coord._engine.backend
     assert isinstance(backend, ZooKeeperBackend)
     session_id = session_id or coord.session_id
     assert session_id is not None
@@ -126,7 +126,7 @@ class ZooKeeperFixtures(CoordinationFixtures):
         """Ephemeral znodes under the namespace (contenders), and sessions the server still keeps."""
         found = []
         async with harness.session() as coord:
-            backend = coord._backend
+            backend = coord._engine.backend
             assert isinstance(backend, ZooKeeperBackend)
             pending = ["/" + coord.namespace]
             while pending:

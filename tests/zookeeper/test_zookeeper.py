@@ -53,14 +53,14 @@ def namespace(url: str) -> str:
 
 
 def reads(coord: Coordinator) -> Any:
-    backend = coord._backend
+    backend = coord._engine.backend
     assert isinstance(backend, ZooKeeperBackend)
     return backend.client
 
 
 def wakeups(coords: list[Coordinator]) -> int:
     """The wake-ups counted by the coordinators' backends (``Backend.wakeups``), summed."""
-    return sum(coord._backend.wakeups or 0 for coord in coords)
+    return sum(coord._engine.backend.wakeups or 0 for coord in coords)
 
 
 def watches_by_session(server: ZooKeeperProcess, timeout: float) -> dict[str, set[str]]:
@@ -154,7 +154,7 @@ async def test_release_wakes_only_the_next_waiter(
                 await backend_session(waiter).client.exists("/")
             assert requests_sent[0] >= 1
             assert requests_sent[1:] == [0] * (n - 1), "a release must wake only the next waiter"
-            assert [waiter._backend.wakeups for waiter in waiters] == [1] + [0] * (n - 1)
+            assert [waiter._engine.backend.wakeups for waiter in waiters] == [1] + [0] * (n - 1)
             for i in range(n):
                 leave[i].set()
                 if i + 1 < n:
@@ -162,7 +162,7 @@ async def test_release_wakes_only_the_next_waiter(
                     for waiter in waiters:  # as above: any other wake-up has been counted
                         await backend_session(waiter).client.exists("/")
                     assert wakeups(waiters) == i + 2, "each release wakes only the next waiter"
-        assert [waiter._backend.wakeups for waiter in waiters] == [1] * n
+        assert [waiter._engine.backend.wakeups for waiter in waiters] == [1] * n
 
 
 async def assert_one_adopted_node(coord: Coordinator, held: Any, parent: str) -> None:
@@ -593,7 +593,7 @@ async def test_zk_scheme_and_default_port(zookeeper_server: ZooKeeperProcess) ->
         assert coord.backend == "zookeeper"
         assert coord.capabilities == ZooKeeperBackend.capabilities
     coord = coordination.connect("zookeeper://zk1,zk2:2182/ns")
-    backend = coord._backend
+    backend = coord._engine.backend
     assert isinstance(backend, ZooKeeperBackend)
     assert backend._hosts == [("zk1", 2181), ("zk2", 2182)]
 

@@ -14,7 +14,10 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -64,6 +67,7 @@ __all__ = [
     "Unsupported",
     "Versioned",
     "connect",
+    "find_backend",
     "register",
     "unregister",
 ]
@@ -99,7 +103,15 @@ def unregister(scheme: str) -> None:
     _registered.pop(scheme.lower(), None)
 
 
-def _find_backend(scheme: str) -> type[Backend]:
+def find_backend(scheme: str) -> type[Backend]:
+    """The :class:`~coordination.abc.Backend` class that serves ``scheme://`` URLs.
+
+    A class :func:`register`-ed for the scheme first, else the entry point of that name in
+    the ``coordination.backends`` group. Raises :class:`BackendNotFound` naming the package
+    to install. Lets tools read a backend's ``capabilities`` and ``options`` without
+    connecting; the conformance suite uses it.
+    """
+    scheme = scheme.lower()
     if scheme in _registered:
         return _registered[scheme]
     found = entry_points(group=ENTRY_POINT_GROUP, name=scheme)
@@ -125,23 +137,46 @@ def _find_backend(scheme: str) -> type[Backend]:
     raise BackendNotFound(f"no coordination backend for {scheme}://; {hint}")
 
 
-def connect(url: str | None = None, **options: Any) -> Coordinator:
+def connect(url: str | None = None, *, require: Iterable[Capability] = (), **options: Any) -> Coordinator:
     """Make a :class:`Coordinator` for ``url``; open it with ``async with``.
 
-    ``url`` defaults to ``$COORDINATION_URL``, else ``memory://``. Its form is
+    ``url`` defaults to ``$COORDINATION_URL``, else ``memory://`` (logged once per process, at
+    WARNING: an in-process backend shares nothing with other processes). Its form is
     ``scheme://[user:password@]host[:port][,host[:port]...][/namespace][?option=value&...]``;
     keyword ``options`` override the query. Every backend takes ``ttl`` (session time to
     live, seconds), ``timeout`` (one request, seconds) and ``identity`` (holder identity);
-    see each backend's documentation for the rest.
+    see each backend's documentation for the rest. ``require`` names capabilities the caller
+    relies on (``require={Capability.CROSS_PROCESS}``): a backend that lacks one raises
+    :class:`Unsupported`.
 
-    Raises :class:`BackendNotFound` for an unknown scheme and :class:`InvalidURL` for a
-    malformed URL or an unknown or ill-typed option; this call itself does no I/O.
+    Raises :class:`BackendNotFound` for an unknown scheme, :class:`InvalidURL` for a
+    malformed URL or an unknown or ill-typed option, and :class:`Unsupported` for a missing
+    required capability; this call itself does no I/O.
     """
     if url is None:
-        url = os.environ.get("COORDINATION_URL") or DEFAULT_URL
+        url = os.environ.get("COORDINATION_URL") or _default_url()
     parsed = parse_url(url)
-    backend_class = _find_backend(parsed.scheme)
+    backend_class = find_backend(parsed.scheme)
+    required = frozenset(require)
+    for capability in required:
+        if not isinstance(capability, Capability):
+            raise TypeError(f"require takes Capability members, not {capability!r}")
+    missing = required - backend_class.capabilities
+    if missing:
+        names = ", ".join(sorted(c.name for c in missing))
+        raise Unsupported(f"the {backend_class.scheme} backend ({parsed.scheme}://) lacks {names}")
     values = resolve_options(backend_class.options, parsed.query, options)
     values["identity"] = values["identity"] or default_identity()
     backend = backend_class(parsed, values)
     return Coordinator(backend, ttl=values["ttl"], timeout=values["timeout"], identity=values["identity"])
+
+
+@functools.cache
+def _default_url() -> str:
+    """``memory://``, saying so once per process (cached: the warning is logged once)."""
+    logging.getLogger("coordination").warning(
+        "no URL given and $COORDINATION_URL is not set: using %s, an in-process backend"
+        " that no other process shares",
+        DEFAULT_URL,
+    )
+    return DEFAULT_URL

@@ -50,6 +50,7 @@ __all__ = [
     "ParsedURL",
     "SessionMonitor",
     "map_errors",
+    "mapped_error",
 ]
 
 Kind = Literal["lock", "election"]
@@ -279,7 +280,10 @@ class Backend(ABC):
 
 @contextlib.contextmanager
 def map_errors(mapping: Mapping[type[BaseException], type[CoordinationError]]) -> Iterator[None]:
-    """Re-raise a client error as the first matching public error, keeping it as ``__cause__``.
+    """Re-raise a client error as the public error of its most specific match, keeping it
+    as ``__cause__``: the entry for the class nearest the error's own in its MRO wins,
+    whatever the mapping's order. Errors that match nothing, and coordination errors,
+    pass through.
 
     ::
 
@@ -291,7 +295,20 @@ def map_errors(mapping: Mapping[type[BaseException], type[CoordinationError]]) -
     except CoordinationError:
         raise
     except Exception as exc:
-        for client_error, public_error in mapping.items():
-            if isinstance(exc, client_error):
-                raise public_error(f"{type(exc).__name__}: {exc}") from exc
-        raise
+        public = mapped_error(exc, mapping)
+        if public is None:
+            raise
+        raise public(f"{type(exc).__name__}: {exc}") from exc
+
+
+def mapped_error(
+    exc: BaseException, mapping: Mapping[type[BaseException], type[CoordinationError]]
+) -> type[CoordinationError] | None:
+    """The public error ``mapping`` gives ``exc``: its most specific match, or ``None``."""
+    for cls in type(exc).__mro__:
+        if cls in mapping:
+            return mapping[cls]
+    for client_error, public_error in mapping.items():  # virtual subclasses (ABCs)
+        if isinstance(exc, client_error):
+            return public_error
+    return None

@@ -161,3 +161,59 @@ def test_core_imports_run_one_way() -> None:
     edges = {line.split()[0]: line.partition("->")[2] for line in result.stdout.splitlines() if "->" in line}
     assert "coordination._coordinator" not in edges["coordination.primitives"]
     assert "coordination.primitives" not in edges["coordination._engine"]
+
+
+def test_find_backend_is_public_and_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert coordination.find_backend("memory") is MemoryBackend
+    assert coordination.find_backend("MEMORY") is MemoryBackend
+    monkeypatch.setattr(coordination, "entry_points", lambda **_: importlib.metadata.EntryPoints(()))
+    with pytest.raises(coordination.BackendNotFound, match="pip install coordination-etcd"):
+        coordination.find_backend("etcd")
+
+
+def test_connect_require_refuses_a_missing_capability_before_any_io() -> None:
+    Capability = coordination.Capability
+    assert coordination.connect("memory://r", require={Capability.FAIR}).backend == "memory"
+    with pytest.raises(coordination.Unsupported, match=r"memory backend \(memory://\) lacks CROSS_PROCESS"):
+        coordination.connect("memory://r", require={Capability.CROSS_PROCESS, Capability.FAIR})
+    with pytest.raises(TypeError, match="Capability members"):
+        coordination.connect("memory://r", require={"cross_process"})  # type: ignore[arg-type]
+
+
+def test_the_memory_fallback_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("COORDINATION_URL", raising=False)
+    coordination._default_url.cache_clear()
+    with caplog.at_level("WARNING", logger="coordination"):
+        assert coordination.connect().backend == "memory"
+        assert coordination.connect().backend == "memory"
+    warnings = [r.getMessage() for r in caplog.records if "COORDINATION_URL is not set" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "memory://" in warnings[0]
+    monkeypatch.setenv("COORDINATION_URL", "memory://from-env")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="coordination"):
+        assert coordination.connect().namespace == ""
+    assert not caplog.records
+
+
+def test_map_errors_takes_the_most_specific_match_whatever_the_order() -> None:
+    from coordination.abc import map_errors
+
+    class ClientError(Exception):
+        pass
+
+    class NoNode(ClientError):
+        pass
+
+    mapping = {ClientError: exceptions.Unavailable, NoNode: exceptions.SessionExpired}
+    with pytest.raises(exceptions.SessionExpired) as info, map_errors(mapping):
+        raise NoNode("gone")
+    assert isinstance(info.value.__cause__, NoNode)
+    with pytest.raises(exceptions.Unavailable), map_errors(mapping):
+        raise ClientError("down")
+    with pytest.raises(KeyError), map_errors(mapping):
+        raise KeyError("not mapped: passes through")
+    with pytest.raises(exceptions.NotHeld), map_errors(mapping):
+        raise exceptions.NotHeld("ours: passes through")

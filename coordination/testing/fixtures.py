@@ -200,7 +200,7 @@ class Harness:
         self.url = url
         self.scale = scale
         self.options = options
-        self.backend_class = coordination._find_backend(parse_url(url).scheme)
+        self.backend_class = coordination.find_backend(parse_url(url).scheme)
 
     @property
     def capabilities(self) -> frozenset[Capability]:

@@ -29,3 +29,8 @@ class Capability(enum.Enum):
 
     EXPIRE_SESSION = "expire_session"
     """``Backend.expire_session()`` can end any session from another client."""
+
+    SHARED_QUEUE = "shared_queue"
+    """A lock and an election of the same name are one contender queue: while one is held,
+    the other waits (etcd's and ZooKeeper's recipes lay both out under the name, so their
+    own tools see them so). Without it, the two are independent."""

@@ -524,6 +524,40 @@ class ElectionTests:
         assert len(tokens) == self.candidates
         assert _strictly_increasing(tokens)
 
+    @asyncio
+    async def test_lock_and_election_of_one_name_share_a_queue_as_declared(self, harness: Harness) -> None:
+        """Under SHARED_QUEUE a held lock keeps a campaign of its name waiting (and the other way
+        round) until released; without it, the two are independent."""
+        shared = Capability.SHARED_QUEUE in harness.capabilities
+        async with harness.sessions(2) as (a, b):
+            held = await a.lock("both").acquire()
+            if shared:
+                with pytest.raises(AcquireTimeout):
+                    await b.election("both").campaign(b"b", timeout=harness.t(0.5))
+                with harness.deadline(10, "the campaign after the lock's release"):
+                    async with anyio.create_task_group() as tg:
+                        leading = anyio.Event()
+
+                        async def campaign() -> None:
+                            async with b.election("both").campaign(b"b") as leadership:
+                                leading.set()
+                                assert await a.lock("both").try_acquire() is None, (
+                                    "SHARED_QUEUE: a lock was taken while its name's election had a leader"
+                                )
+                                await leadership.resign()
+
+                        tg.start_soon(campaign)
+                        await held.release()
+                        await leading.wait()
+            else:
+                leadership = await harness.within(
+                    5, b.election("both").campaign(b"b"), "a campaign while a lock of its name is held"
+                )
+                assert await b.lock("other").try_acquire() is not None
+                assert await a.lock("both").try_acquire() is None  # the lock itself is still held
+                await leadership.resign()
+                await held.release()
+
     handover_bound = 0.5
     """Seconds (scaled) within which a resignation hands leadership to the next candidate."""
 

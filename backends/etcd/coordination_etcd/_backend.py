@@ -440,6 +440,7 @@ class EtcdBackend(Backend):
             Capability.CROSS_PROCESS,
             Capability.EVERY_VERSION,
             Capability.FAIR,
+            Capability.SHARED_QUEUE,
             Capability.SINGLE_WAKEUP,
             Capability.EXPIRE_SESSION,
         }

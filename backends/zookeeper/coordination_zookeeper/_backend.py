@@ -85,7 +85,9 @@ class ZooKeeperBackend(Backend):
 
     scheme = "zookeeper"
     wakeups: int  # counted (Backend.wakeups): set to 0 in __init__
-    capabilities = frozenset({Capability.CROSS_PROCESS, Capability.FAIR, Capability.SINGLE_WAKEUP})
+    capabilities = frozenset(
+        {Capability.CROSS_PROCESS, Capability.FAIR, Capability.SINGLE_WAKEUP, Capability.SHARED_QUEUE}
+    )
     options: ClassVar[Mapping[str, Option]] = {
         **COMMON_OPTIONS,
         "session_timeout": Option(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from .exceptions import InvalidName, InvalidURL
 
 __all__ = [
     "COMMON_OPTIONS",
+    "TLS_OPTIONS",
     "Option",
     "ParsedURL",
     "default_identity",
@@ -31,7 +33,9 @@ class Option:
 
     ``type`` is ``int``, ``float``, ``bool`` or ``str``. ``minimum`` bounds numbers.
     ``secret`` options are never shown in ``repr()`` or error messages. ``check`` may
-    reject a converted value by returning a message (or ``None`` to accept).
+    reject a converted value by returning a message (or ``None`` to accept). An option
+    with ``renamed_to`` is an old name kept for one release: its value goes to the new
+    name, with a ``DeprecationWarning``.
     """
 
     type: type
@@ -40,6 +44,7 @@ class Option:
     minimum: float | None = None
     secret: bool = False
     check: Callable[[Any], str | None] | None = None
+    renamed_to: str | None = None
 
 
 COMMON_OPTIONS: Mapping[str, Option] = {
@@ -52,6 +57,17 @@ COMMON_OPTIONS: Mapping[str, Option] = {
         check=lambda v: _identity_problem(v),
     ),
 }
+
+
+TLS_OPTIONS: Mapping[str, Option] = {
+    "tls": Option(bool, False, "Use TLS, verified with the system's CA certificates unless ``ca_file``."),
+    "ca_file": Option(str, None, "PEM file of the CA certificates that verify the servers; turns TLS on."),
+    "cert_file": Option(str, None, "PEM file of the client certificate; turns TLS on."),
+    "key_file": Option(str, None, "PEM file of the client certificate's private key."),
+    "server_name": Option(str, None, "Name the servers' certificates must carry (default: the host)."),
+    "tls_verify": Option(bool, True, "Verify the server's certificate and host name."),
+}
+"""The TLS options, one set of names for every backend; each backend takes those it supports."""
 
 
 def _identity_problem(value: str) -> str | None:
@@ -160,14 +176,27 @@ def resolve_options(
     Raises :class:`InvalidURL` naming the option for an unknown name, a value that does
     not convert, or one out of range.
     """
-    values: dict[str, Any] = {name: opt.default for name, opt in declared.items()}
+    values: dict[str, Any] = {name: opt.default for name, opt in declared.items() if not opt.renamed_to}
+    given: dict[str, str] = {}  # the option's name (new) -> the name it was given as
     for source, items in (("URL option", query), ("option", overrides)):
         for name, raw in items.items():
             option = declared.get(name)
             if option is None:
-                known = ", ".join(sorted(declared))
+                known = ", ".join(sorted(n for n, o in declared.items() if not o.renamed_to))
                 raise InvalidURL(f"unknown {source} {name!r}; known options: {known}")
-            values[name] = _convert(
+            target = option.renamed_to or name
+            if option.renamed_to:
+                warnings.warn(
+                    f"option {name!r} is now called {target!r}; the old name goes in the next release",
+                    DeprecationWarning,
+                    stacklevel=4,
+                )
+                option = declared[target]
+            earlier = given.get(target)
+            if earlier is not None and earlier != name and source == "URL option":
+                raise InvalidURL(f"options {earlier!r} and {name!r} are one option: give one")
+            given[target] = name
+            values[target] = _convert(
                 name, option, raw, from_text=isinstance(raw, str) and source == "URL option"
             )
     return values

@@ -35,13 +35,14 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from ._types import Leader, Versioned
-from ._url import COMMON_OPTIONS, Option, ParsedURL
+from ._url import COMMON_OPTIONS, TLS_OPTIONS, Option, ParsedURL
 from .capabilities import Capability
 from .exceptions import CoordinationError, Unsupported
 
 __all__ = [
     "COMMON_OPTIONS",
     "HISTORY_RESET",
+    "TLS_OPTIONS",
     "Backend",
     "BackendSession",
     "HistoryReset",

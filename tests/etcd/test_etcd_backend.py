@@ -442,8 +442,23 @@ async def test_unreachable_is_unavailable() -> None:
 
 
 def test_options_are_checked_before_any_io(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(InvalidURL, match="'cert' and 'key'"):
+    with pytest.raises(InvalidURL, match="'cert_file' and 'key_file'"):
+        coordination.connect("etcd://h/ns?cert_file=/c.pem")
+    with (
+        pytest.warns(DeprecationWarning, match="'cert' is now called 'cert_file'"),
+        pytest.raises(InvalidURL, match="'cert_file' and 'key_file'"),
+    ):
         coordination.connect("etcd://h/ns?cert=/c.pem")
+    with pytest.warns(DeprecationWarning), pytest.raises(InvalidURL, match="'ca_file' and 'cacert' are one"):
+        coordination.connect("etcd://h/ns?ca_file=/a.pem&cacert=/b.pem")
+    with pytest.warns(DeprecationWarning, match="is now called '(ca|cert|key)_file'"):
+        old_names = coordination.connect("etcd://h/ns?cacert=/a.pem&cert=/c.pem&key=/k.pem")
+    assert {k: old_names._engine.backend.settings[k] for k in ("ca_file", "cert_file", "key_file")} == {
+        "ca_file": "/a.pem",
+        "cert_file": "/c.pem",
+        "key_file": "/k.pem",
+    }
+    assert "cacert" not in old_names._engine.backend.settings
     with pytest.raises(InvalidURL, match="password"):
         coordination.connect("etcd://h/ns", password="secret")
     monkeypatch.setenv("ETCDCTL_USER", "alice:from-env")

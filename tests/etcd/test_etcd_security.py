@@ -103,7 +103,12 @@ def secure_etcd(
 
 def secure_url(server: SecureEtcd, **query: str) -> str:
     files = server.files
-    options = {"cacert": files["ca.pem"], "cert": files["client.pem"], "key": files["client.key"], **query}
+    options = {
+        "ca_file": files["ca.pem"],
+        "cert_file": files["client.pem"],
+        "key_file": files["client.key"],
+        **query,
+    }
     return f"etcd://localhost:{server.port}/secure?" + "&".join(f"{k}={v}" for k, v in options.items() if v)
 
 
@@ -174,10 +179,10 @@ async def test_wrong_password_is_refused(secure_etcd: SecureEtcd) -> None:
 @asyncio
 async def test_no_client_certificate_is_refused(secure_etcd: SecureEtcd) -> None:
     with pytest.raises(Unavailable):
-        await _open(secure_url(secure_etcd, user="root", password=PASSWORD, cert="", key=""))
+        await _open(secure_url(secure_etcd, user="root", password=PASSWORD, cert_file="", key_file=""))
 
 
 @asyncio
 async def test_untrusted_server_is_refused(secure_etcd: SecureEtcd) -> None:
     with pytest.raises(Unavailable):
-        await _open(secure_url(secure_etcd, user="root", password=PASSWORD, cacert=""))
+        await _open(secure_url(secure_etcd, user="root", password=PASSWORD, ca_file=""))

@@ -16,6 +16,7 @@ from coordination._types import Leader, Versioned
 from coordination.abc import (
     COMMON_OPTIONS,
     HISTORY_RESET,
+    TLS_OPTIONS,
     Backend,
     BackendSession,
     HistoryReset,
@@ -417,11 +418,7 @@ class ConsulBackend(Backend):
         ),
         "token": Option(str, None, "ACL token (default: $CONSUL_HTTP_TOKEN).", secret=True),
         "datacenter": Option(str, None, "Datacenter to use (default: the agent's)."),
-        "tls": Option(bool, False, "Use HTTPS."),
-        "ca_file": Option(str, None, "CA bundle (PEM) that signed the agent's certificate."),
-        "cert_file": Option(str, None, "Client certificate (PEM)."),
-        "key_file": Option(str, None, "Private key (PEM) of the client certificate."),
-        "tls_verify": Option(bool, True, "Verify the agent's certificate and host name."),
+        **{name: TLS_OPTIONS[name] for name in ("tls", "ca_file", "cert_file", "key_file", "tls_verify")},
     }
 
     def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:

@@ -15,7 +15,16 @@ import anyio
 import grpc  # type: ignore[import-untyped]
 
 from coordination import Capability, Leader, Versioned
-from coordination.abc import COMMON_OPTIONS, Backend, BackendSession, Kind, Option, ParsedURL, SessionMonitor
+from coordination.abc import (
+    COMMON_OPTIONS,
+    TLS_OPTIONS,
+    Backend,
+    BackendSession,
+    Kind,
+    Option,
+    ParsedURL,
+    SessionMonitor,
+)
 from coordination.exceptions import (
     CoordinationError,
     InvalidName,
@@ -54,11 +63,11 @@ ETCD_OPTIONS: Mapping[str, Option] = {
     **COMMON_OPTIONS,
     "user": Option(str, None, "etcd user name (also the URL's user part, or $ETCDCTL_USER)."),
     "password": Option(str, None, "Password of ``user`` (also the URL, or $ETCDCTL_PASSWORD).", secret=True),
-    "cacert": Option(str, None, "PEM file of the CA certificates that verify the servers; turns TLS on."),
-    "cert": Option(str, None, "PEM file of the client certificate (needs ``key``); turns TLS on."),
-    "key": Option(str, None, "PEM file of the client certificate's private key."),
-    "tls": Option(bool, False, "Use TLS, verified with the system's CA certificates unless ``cacert``."),
-    "server_name": Option(str, None, "Name the servers' certificates must carry (default: the first host)."),
+    **{name: TLS_OPTIONS[name] for name in ("tls", "ca_file", "cert_file", "key_file", "server_name")},
+    # The names of etcdctl's flags, which this backend used before the TLS names were one set.
+    "cacert": Option(str, None, "Old name of ``ca_file``.", renamed_to="ca_file"),
+    "cert": Option(str, None, "Old name of ``cert_file``.", renamed_to="cert_file"),
+    "key": Option(str, None, "Old name of ``key_file``.", renamed_to="key_file"),
 }
 
 
@@ -419,14 +428,17 @@ class EtcdBackend(Backend):
                         (``user`` or ``user:password``)
     password            the user's password; else the URL's ``user:password@``, else
                         ``$ETCDCTL_PASSWORD``. Never logged nor shown.
-    cacert              PEM file of CA certificates that verify the servers; turns TLS on
-    cert                PEM file of a client certificate (with ``key``); turns TLS on
-    key                 PEM file of the client certificate's private key
+    ca_file             PEM file of CA certificates that verify the servers; turns TLS on
+    cert_file           PEM file of a client certificate (with ``key_file``); turns TLS on
+    key_file            PEM file of the client certificate's private key
     tls         false   use TLS with the system's CA certificates (implied by the above)
     server_name         name the servers' certificates must carry (default: the first host)
+
+    ``cacert``, ``cert`` and ``key`` (etcdctl's names) still work for one release, with a
+    ``DeprecationWarning``.
     =========== ======= ==================================================================
 
-    Example: ``etcd://10.0.0.1:2379,10.0.0.2:2379/myapp?ttl=10&cacert=/etc/etcd/ca.pem``.
+    Example: ``etcd://10.0.0.1:2379,10.0.0.2:2379/myapp?ttl=10&ca_file=/etc/etcd/ca.pem``.
 
     Declared capabilities: CROSS_PROCESS, EVERY_VERSION (a watch yields every revision of
     the key, except revisions compacted away before it saw them), FAIR (create-revision
@@ -450,8 +462,8 @@ class EtcdBackend(Backend):
     def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         settings = self.settings
-        if bool(settings["cert"]) != bool(settings["key"]):
-            raise InvalidURL("options 'cert' and 'key' go together: give both or neither")
+        if bool(settings["cert_file"]) != bool(settings["key_file"]):
+            raise InvalidURL("options 'cert_file' and 'key_file' go together: give both or neither")
         user, password = settings["user"], settings["password"]
         if user is None and url.username is not None:
             user, password = url.username, password if password is not None else url.password
@@ -462,7 +474,7 @@ class EtcdBackend(Backend):
             raise InvalidURL("option 'password' needs a user")
         self._user: str | None = user
         self._password: str | None = password
-        self._tls = bool(settings["tls"] or settings["cacert"] or settings["cert"])
+        self._tls = bool(settings["tls"] or settings["ca_file"] or settings["cert_file"])
         self._timeout = float(settings["timeout"])
         self._client: EtcdClient | None = None
         self._targets: list[str] = []
@@ -553,14 +565,16 @@ class EtcdBackend(Backend):
 
     async def _credentials(self) -> Any:
         files: dict[str, bytes | None] = {}
-        for option in ("cacert", "cert", "key"):
+        for option in ("ca_file", "cert_file", "key_file"):
             path = self.settings[option]
             try:
                 files[option] = await anyio.Path(path).read_bytes() if path else None
             except OSError as exc:
                 raise InvalidURL(f"option {option!r}: cannot read {path!r}: {exc.strerror}") from exc
         return grpc.ssl_channel_credentials(
-            root_certificates=files["cacert"], private_key=files["key"], certificate_chain=files["cert"]
+            root_certificates=files["ca_file"],
+            private_key=files["key_file"],
+            certificate_chain=files["cert_file"],
         )
 
     # -- sessions --------------------------------------------------------------------------

@@ -44,9 +44,9 @@ class BenchConsulProcess(ConsulProcess):
 
 def instrument() -> None:
     """Count blocking queries that returned to a waiting SDK contender."""
-    from coordination_consul._http import ConsulHTTP
+    from coordination_consul._client import ConsulClient
 
-    kv_get = ConsulHTTP.kv_get
+    kv_get = ConsulClient.kv_get
 
     async def counted(self: Any, key: str, *, index: int = 0, wait: float | None = None) -> Any:
         result = await kv_get(self, key, index=index, wait=wait)
@@ -54,7 +54,7 @@ def instrument() -> None:
             WAKEUPS.hit()
         return result
 
-    ConsulHTTP.kv_get = counted  # type: ignore[method-assign]
+    ConsulClient.kv_get = counted  # type: ignore[method-assign]
 
 
 def client(host: str, port: int) -> Any:

@@ -194,6 +194,13 @@ class Backend(ABC):
         self.url = url
         self.settings = dict(options)
 
+    def woke(self) -> None:
+        """Count one wake-up of a waiting contender in :attr:`wakeups`. A backend that calls
+        it sets ``self.wakeups = 0`` in ``__init__``."""
+        if self.wakeups is None:
+            raise RuntimeError(f"{type(self).__name__} counts wake-ups: set self.wakeups = 0 in __init__")
+        self.wakeups += 1
+
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect the client. Raise :class:`~coordination.Unavailable` if unreachable."""
 

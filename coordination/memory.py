@@ -230,7 +230,7 @@ class _MemorySession(BackendSession[_Contender]):
                 if store.sessions.get(self.id) is not self:
                     break  # this session expired: _check raises
             if ahead.gone.is_set():
-                self.backend.wakeups += 1  # woken to look again (Backend.wakeups)
+                self.backend.woke()  # woken to look again (Backend.wakeups)
 
     async def withdraw(self, contender: _Contender) -> None:
         await anyio.lowlevel.checkpoint()

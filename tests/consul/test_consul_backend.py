@@ -26,7 +26,7 @@ from aiohttp import web
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import coordination
-import coordination_consul._backend
+import coordination_consul._session
 from coordination import (
     InvalidName,
     InvalidURL,
@@ -37,8 +37,8 @@ from coordination import (
 )
 from coordination.testing.servers import ConsulProcess, find_consul, free_port
 from coordination_consul import LOCK_FLAG_VALUE, ConsulBackend
-from coordination_consul._backend import next_index
-from coordination_consul._http import go_duration, parse_go_duration
+from coordination_consul._client import go_duration, parse_go_duration
+from coordination_consul._session import next_index
 
 OPTIONS = {"ttl": 3.0, "timeout": 5.0, "lock_delay": 1.0}
 
@@ -349,7 +349,7 @@ async def test_a_release_wakes_every_waiter(
     nothing changes, nobody wakes: they block, they do not poll."""
     # A blocking query whose wait runs out is answered too, and counts: keep the waits
     # longer than this test.
-    monkeypatch.setattr(coordination_consul._backend, "BLOCKING_WAIT", 120.0)
+    monkeypatch.setattr(coordination_consul._session, "BLOCKING_WAIT", 120.0)
     n = 4
     async with AsyncExitStack() as stack:
         holder = await stack.enter_async_context(coordination.connect(consul_url, **OPTIONS))
@@ -649,7 +649,7 @@ async def test_watch_rereads_when_the_index_goes_backwards(
     although its version is lower (the backend reports the reset, the core lets it through)."""
     # The agent answers a blocking query whose index is now in the future only at the end of
     # its wait: make that wait short.
-    monkeypatch.setattr(coordination_consul._backend, "BLOCKING_WAIT", 1.0)
+    monkeypatch.setattr(coordination_consul._session, "BLOCKING_WAIT", 1.0)
     with ConsulProcess(session_ttl_min="1s", start_timeout=scaled(60)) as server:
         consul = str(find_consul())
         env = server.consul_env()

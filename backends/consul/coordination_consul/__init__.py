@@ -10,6 +10,7 @@ Locks are wire-compatible with ``consul lock``; see :class:`ConsulBackend` for t
 the options and the declared capabilities.
 """
 
-from ._backend import LOCK_FLAG_VALUE, ConsulBackend, lock_key, token_of
+from ._backend import ConsulBackend
+from ._session import LOCK_FLAG_VALUE, ConsulSession, lock_key, token_of
 
-__all__ = ["LOCK_FLAG_VALUE", "ConsulBackend", "lock_key", "token_of"]
+__all__ = ["LOCK_FLAG_VALUE", "ConsulBackend", "ConsulSession", "lock_key", "token_of"]

@@ -5,6 +5,7 @@ for the ``etcd`` URL scheme in the entry-point group ``coordination.backends``. 
 :class:`EtcdBackend` for the URL, its options and how the keys are laid out.
 """
 
-from ._backend import EtcdBackend, EtcdSession
+from ._backend import EtcdBackend
+from ._session import EtcdSession
 
 __all__ = ["EtcdBackend", "EtcdSession"]

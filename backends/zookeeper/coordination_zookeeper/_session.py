@@ -18,11 +18,10 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import anyio
 
-from coordination.abc import BackendSession, Kind, SessionMonitor, map_errors
+from coordination.abc import Backend, BackendSession, Kind, SessionMonitor, map_errors
 from coordination.exceptions import NotHeld, SessionExpired, Unavailable
 
 from ._client import (
@@ -35,9 +34,6 @@ from ._client import (
     NoNode,
     ZooKeeperClient,
 )
-
-if TYPE_CHECKING:
-    from ._backend import ZooKeeperBackend
 
 __all__ = ["NODE_MARK", "Contender", "ZooKeeperSession", "queue_order"]
 
@@ -82,7 +78,7 @@ class ZooKeeperSession(BackendSession[Contender]):
     """
 
     def __init__(
-        self, backend: ZooKeeperBackend, client: ZooKeeperClient, monitor: SessionMonitor, op_timeout: float
+        self, backend: Backend, client: ZooKeeperClient, monitor: SessionMonitor, op_timeout: float
     ) -> None:
         self._backend = backend  # counts its waiters' wake-ups
         self.client = client
@@ -225,7 +221,7 @@ class ZooKeeperSession(BackendSession[Contender]):
                 # Watch only the node just ahead; when it goes, list the queue again (the one
                 # ahead of it may have gone too, or be waiting still).
                 await self._gone(f"{contender.parent}/{queue[position - 1]}")
-                self._backend.wakeups += 1  # woken: list the queue again (Backend.wakeups)
+                self._backend.woke()  # woken: list the queue again (Backend.wakeups)
                 listing = None
 
     async def _gone(self, path: str) -> None:

@@ -33,7 +33,7 @@ import consul.base  # type: ignore[import-untyped]
 from coordination.abc import map_errors
 from coordination.exceptions import Unavailable
 
-__all__ = ["ConsulHTTP", "KVPair", "TxnOutcome", "go_duration", "parse_go_duration"]
+__all__ = ["ConsulClient", "KVPair", "TxnOutcome", "go_duration", "parse_go_duration"]
 
 T = TypeVar("T")
 
@@ -121,7 +121,7 @@ class _Consul(consul.aio.Consul):  # type: ignore[misc]
         return _HTTPClient(self._hosts, scheme, self._tls)
 
 
-class ConsulHTTP:
+class ConsulClient:
     """The Consul HTTP API calls the backend makes, typed, with errors mapped.
 
     ``hosts`` are ``host:port`` strings tried in turn when a connection cannot be made.
@@ -145,7 +145,7 @@ class ConsulHTTP:
         """Requests under way, with the index of the host each went to."""
 
     def __repr__(self) -> str:
-        return f"<ConsulHTTP {self._http.base_uri}>"  # never the token
+        return f"<ConsulClient {self._http.base_uri}>"  # never the token
 
     async def close(self) -> None:
         await self._http.close()

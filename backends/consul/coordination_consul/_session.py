@@ -1,0 +1,329 @@
+"""One Consul session (TTL, lock-delay, ``behavior=release``) and the locks taken with it: the
+key ``<name>/.lock`` acquired with ``?acquire=`` and the flag value ``consul lock`` uses;
+waits are blocking queries."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, field
+
+import anyio
+
+from coordination.abc import (
+    Backend,
+    BackendSession,
+    Kind,
+    SessionMonitor,
+)
+from coordination.exceptions import (
+    CoordinationError,
+    InvalidName,
+    NotHeld,
+    SessionExpired,
+    Unavailable,
+)
+
+from ._client import ConsulClient, KVPair, TxnOutcome
+
+__all__ = [
+    "LOCK_FLAG_VALUE",
+    "ConsulSession",
+    "lock_key",
+    "next_index",
+    "read_key",
+    "token_of",
+    "b64",
+    "refusal",
+]
+
+log = logging.getLogger("coordination.consul")
+
+LOCK_FLAG_VALUE = 0x2DDCCBC058A50C18
+"""The ``Flags`` of a lock key: Consul's ``api.LockFlagValue``, as ``consul lock`` sets it."""
+
+DEFAULT_PORT = 8500
+BLOCKING_WAIT = 15.0
+"""Longest wait of one blocking query, in seconds (what Consul's own lock uses)."""
+_DELAY_RETRY = (0.05, 0.5)
+"""First and longest pause between acquire attempts refused by a lock-delay, in seconds."""
+
+
+def lock_key(kind: Kind, name: str) -> str:
+    """The Consul key behind lock or election ``name`` (already joined with the namespace).
+
+    A lock is ``<name>/.lock``, the key ``consul lock <name>`` uses. An election is
+    ``<name>/.election/.lock``: its own key, so that a lock and an election of one name
+    stay independent, and still one that ``consul lock <name>/.election`` campaigns on.
+    """
+    return f"{name}/.lock" if kind == "lock" else f"{name}/.election/.lock"
+
+
+def token_of(pair: KVPair) -> int:
+    """The fencing token of the current holder of a lock key: ``CreateIndex + LockIndex - 1``.
+
+    ``LockIndex`` counts the acquisitions of the key since it was created, and every
+    acquisition is a Raft write of its own, so for the holder that made the n-th one the
+    token is at most the index of its acquiring write; a key deleted and made again starts
+    at a ``CreateIndex`` above every earlier write. Hence the token strictly increases
+    across successive holders, whoever they are (``consul lock`` included), and stays the
+    same while one holder rewrites the value (an election's ``proclaim``).
+    """
+    return pair.create_index + pair.lock_index - 1
+
+
+def next_index(previous: int, returned: int) -> int:
+    """The index for the next blocking query, by Consul's rules.
+
+    An ``X-Consul-Index`` lower than the one sent means the server's index was reset
+    (a snapshot restore, another server): start again from 0, a plain read. One that is
+    not above 0 would make every query return at once: use 1.
+    """
+    if returned < previous:
+        return 0
+    return max(returned, 1)
+
+
+async def read_key(http: ConsulClient, key: str, index: int, timeout: float) -> tuple[KVPair | None, int]:
+    """Read ``key`` consistently: at once if ``index`` is 0, else as a blocking query.
+
+    Returns the pair (or ``None``) and the index for the next query. A reply that does
+    not come within the wait (plus Consul's jitter) and ``timeout`` raises Unavailable.
+    """
+    limit = timeout + (BLOCKING_WAIT * 17 / 16 if index else 0)
+    with anyio.move_on_after(limit):
+        pair, returned = await http.kv_get(key, index=index, wait=BLOCKING_WAIT)
+        return pair, next_index(index, returned)
+    raise Unavailable(f"Consul did not answer a read of {key!r} within {limit:g}s")
+
+
+def b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+_CONFLICTS = (
+    "exists",  # check-not-exists
+    "index check",  # check-index
+    "check index",
+    "already held",  # lock
+    "session check",  # check-session
+    "check session",
+    "doesn't exist",  # get
+    "index is stale",  # cas
+)
+
+
+def refusal(outcome: TxnOutcome, what: str) -> str:
+    """Why a transaction failed: ``expired``, ``delay`` or ``conflict``; Unavailable otherwise."""
+    text = "; ".join(outcome.errors)
+    if "invalid session" in text:
+        return "expired"
+    if "lock delay" in text:
+        return "delay"
+    if any(marker in text for marker in _CONFLICTS):
+        return "conflict"
+    raise Unavailable(f"Consul refused {what}: {text or 'no reason given'}")
+
+
+@dataclass(eq=False)
+class _Contender:
+    kind: Kind
+    key: str
+    value: bytes
+    turn: anyio.Event = field(default_factory=anyio.Event)
+    """Set once this is the first contender of its session for ``key`` (see ``enqueue``)."""
+    maybe_held: bool = False
+    """A lock request was sent and did not fail: this may hold the key."""
+
+
+class ConsulSession(BackendSession[_Contender]):
+    """A Consul session (TTL, lock-delay, ``behavior=release``) and the locks taken with it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        http: ConsulClient,
+        session_id: str,
+        ttl: float,
+        monitor: SessionMonitor,
+        *,
+        lock_delay: float,
+        timeout: float,
+    ) -> None:
+        self.id = session_id
+        self._lock_delay = lock_delay
+        self._timeout = timeout
+        # The core's bound: the TTL, or the lock-delay if shorter (see ConsulBackend).
+        self.ttl = self.guarded_for(ttl)
+        self.keepalive_interval = self.ttl / 3
+        self._backend = backend
+        self._http = http
+        self._monitor = monitor
+        # Consul locks belong to sessions, and a session may take a key it already holds.
+        # So within one session, only the first contender of a key goes to Consul; the
+        # others wait here, in order, until it has withdrawn.
+        self._queues: dict[str, list[_Contender]] = {}
+
+    def __repr__(self) -> str:
+        return f"<ConsulSession {self.id}>"
+
+    def guarded_for(self, ttl: float) -> float:
+        """How long after a renewal with TTL ``ttl`` Consul keeps a session's locks from others,
+        even if it ends the session: the TTL, or the lock-delay if shorter."""
+        return min(ttl, self._lock_delay)
+
+    async def keepalive(self) -> float:
+        granted = await self._http.session_renew(self.id)
+        if granted is None:
+            raise SessionExpired(f"Consul no longer knows session {self.id}")
+        return self.guarded_for(granted) if granted else self.ttl
+
+    async def close(self) -> None:
+        # Release first: destroying a session that holds keys would put them under
+        # lock-delay, which exists for holders that may still be running, not for a clean exit.
+        # What could not be released is kept for the next try (the core retries a lost
+        # session's close); destroying the session frees it anyway, under the lock-delay.
+        released = True
+        for contender in [c for queue in self._queues.values() for c in queue if c.maybe_held]:
+            try:
+                await self._release(contender.key)
+                contender.maybe_held = False
+            except CoordinationError:
+                released = False
+        await self._http.session_destroy(self.id)
+        if released:
+            self._queues.clear()
+
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
+        await anyio.lowlevel.checkpoint()
+        contender = _Contender(kind, lock_key(kind, name), value)
+        queue = self._queues.setdefault(contender.key, [])
+        queue.append(contender)
+        if len(queue) == 1:
+            contender.turn.set()
+        return contender
+
+    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+        if not contender.turn.is_set():
+            if not blocking:
+                return None
+            await contender.turn.wait()
+        key = contender.key
+        pair: KVPair | None = None  # what we last saw of the key (None: absent, assumed at first)
+        index = 0  # for the next blocking query; 0 reads without blocking
+        delay, longest_delay = _DELAY_RETRY
+        tries = 0
+        while True:
+            if pair is None or not pair.session:
+                if pair is not None and pair.flags != LOCK_FLAG_VALUE:
+                    raise InvalidName(
+                        f"Consul key {key!r} exists and is not a lock (flags {pair.flags:#x}, not "
+                        f"{LOCK_FLAG_VALUE:#x}); it may be a `consul lock -n` semaphore or a plain value"
+                    )
+                tries += 1
+                outcome = await self._lock(contender, pair)
+                if outcome.ok:
+                    return token_of(outcome.results[-1])
+                why = refusal(outcome, f"to lock {key!r}")
+                if why == "expired":
+                    raise SessionExpired(f"Consul no longer knows session {self.id}")
+                if why == "delay":
+                    # Every session is refused until the lock-delay of the last holder's
+                    # invalidated session has passed; nothing to watch meanwhile.
+                    if not blocking:
+                        return None
+                    await anyio.sleep(delay)
+                    self._backend.woke()  # a poll: woken to try again
+                    delay = min(delay * 2, longest_delay)
+                    continue
+                if not blocking and tries >= 3:
+                    return None
+                index = 0  # the key changed since we looked: look again, now
+            elif pair.session == self.id:
+                # Held by this session for no contender of it (a release that never got an
+                # answer): free it rather than inherit the previous holder's token.
+                await self._release(key)
+                pair, index = None, 0
+                continue
+            elif not blocking:
+                return None
+            blocking_query = index != 0  # else a plain read, still part of this look
+            pair, index = await read_key(self._http, key, index, self._timeout)
+            if blocking_query:
+                # Answered: the key changed, or the wait ran out. Either way the waiter
+                # looks again (Backend.wakeups); all waiters on the key do (no SINGLE_WAKEUP).
+                self._backend.woke()
+
+    async def _lock(self, contender: _Contender, seen: KVPair | None) -> TxnOutcome:
+        """Lock ``contender.key`` if it is still as seen (absent, or free at that index)."""
+        guard = (
+            {"Verb": "check-not-exists", "Key": contender.key}
+            if seen is None
+            else {"Verb": "check-index", "Key": contender.key, "Index": seen.modify_index}
+        )
+        lock = {
+            "Verb": "lock",
+            "Key": contender.key,
+            "Value": b64(contender.value),
+            "Flags": LOCK_FLAG_VALUE,
+            "Session": self.id,
+        }
+        contender.maybe_held = True
+        # Let the request finish even if the caller is cancelled: abandoned, it may still be
+        # applied after the release that withdraw() sends on another connection, and leave the
+        # key held by this live session with no contender to release it. Bounded: if no
+        # answer comes in time, withdraw() releases whatever the outcome was.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+            outcome = await self._http.txn([{"KV": guard}, {"KV": lock}], f"to lock {contender.key!r}")
+            contender.maybe_held = outcome.ok
+            return outcome
+        raise Unavailable(f"Consul did not answer the lock of {contender.key!r} within {self._timeout:g}s")
+
+    async def _release(self, key: str) -> None:
+        """Release ``key`` if this session holds it, and delete it (as ``consul lock`` does)."""
+        outcome = await self._http.txn(
+            [
+                {"KV": {"Verb": "check-session", "Key": key, "Session": self.id}},
+                {"KV": {"Verb": "delete", "Key": key}},
+            ],
+            f"to release {key!r}",
+        )
+        if not outcome.ok:
+            refusal(outcome, f"to release {key!r}")  # not held (any more): nothing to do
+
+    async def withdraw(self, contender: _Contender) -> None:
+        if contender.maybe_held:
+            await self._release(contender.key)  # Unavailable: the core retries; we stay first
+            contender.maybe_held = False
+        queue = self._queues.get(contender.key, [])
+        if contender in queue:
+            first = queue[0] is contender
+            queue.remove(contender)
+            if not queue:
+                del self._queues[contender.key]
+            elif first:
+                queue[0].turn.set()
+
+    async def proclaim(self, contender: _Contender, value: bytes) -> None:
+        # Locking again with the same session rewrites the value and keeps LockIndex, so
+        # the token; check-session keeps it from taking a key it no longer holds.
+        outcome = await self._http.txn(
+            [
+                {"KV": {"Verb": "check-session", "Key": contender.key, "Session": self.id}},
+                {
+                    "KV": {
+                        "Verb": "lock",
+                        "Key": contender.key,
+                        "Value": b64(value),
+                        "Flags": LOCK_FLAG_VALUE,
+                        "Session": self.id,
+                    }
+                },
+            ],
+            f"to proclaim on {contender.key!r}",
+        )
+        if not outcome.ok:
+            if refusal(outcome, f"to proclaim on {contender.key!r}") == "expired":
+                self._monitor.expired()
+            raise NotHeld(f"{contender.key!r}: this session no longer holds the election key")
+        contender.value = value

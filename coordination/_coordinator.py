@@ -14,7 +14,6 @@ from ._names import validate_name
 from ._types import SessionState
 from .abc import Backend
 from .capabilities import Capability
-from .exceptions import Unsupported
 from .primitives import Config, Election, Lock
 
 __all__ = ["Coordinator"]
@@ -94,17 +93,16 @@ class Coordinator:
     # -- operators -------------------------------------------------------------------------
 
     async def expire_session(self, session_id: str) -> None:
-        """End another client's session ``session_id`` as the server would on expiry.
+        """End the session ``session_id`` as the server would on expiry.
 
-        Its locks and leaderships are free at once (on Consul, after the lock-delay); that
+        Its locks and leaderships are free at once (on Consul, after the lock-delay); its
         client learns it lost at its next keepalive. For an operator evicting a stuck holder,
-        and for the conformance suite. Raises :class:`~coordination.Unsupported` on a backend
-        without :attr:`Capability.EXPIRE_SESSION`.
+        for tests and demos. A backend with :attr:`Capability.EXPIRE_SESSION` ends any
+        session; ZooKeeper ends only this coordinator's own (``coord.session_id``); where the
+        backend cannot, :class:`~coordination.Unsupported`.
         """
         engine = self._engine
         engine.check_open()
-        if Capability.EXPIRE_SESSION not in self.capabilities:
-            raise Unsupported(f"the {self.backend} backend cannot expire another client's session")
         await engine.call(engine.backend.expire_session(session_id), f"expiring session {session_id}")
 
     # -- lifecycle -------------------------------------------------------------------------

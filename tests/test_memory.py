@@ -527,12 +527,13 @@ async def test_the_coordinator_offers_users_no_engine_methods() -> None:
         }
 
 
-async def test_expire_session_needs_the_capability() -> None:
-    """A backend without EXPIRE_SESSION refuses by name, before any I/O."""
+async def test_expire_session_is_refused_by_a_backend_that_cannot() -> None:
+    """The default Backend.expire_session refuses by name, before any I/O."""
 
     class NoExpiry(MemoryBackend):
         scheme = "noexpiry"
         capabilities = MemoryBackend.capabilities - {coordination.Capability.EXPIRE_SESSION}
+        expire_session = coordination.abc.Backend.expire_session
 
     coordination.register("noexpiry", NoExpiry)
     try:

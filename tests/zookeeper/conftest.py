@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import struct
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import anyio
 import pytest
-from aiozk import protocol  # type: ignore[import-untyped]
 
 from coordination import Capability, Coordinator
 from coordination.testing import CoordinationFixtures, Harness
@@ -42,70 +40,22 @@ def backend_session(coord: Coordinator, session_id: str | None = None) -> ZooKee
     return backend._sessions[session_id]
 
 
-async def close_session_from_outside(
-    host: str, port: int, session_id: int, password: bytes, scaled: Callable[[float], float]
-) -> None:
-    """The classic way to expire a session: attach to it from a second connection, then close it.
-
-    Both requests go out in one write, so the server has the close queued before the victim
-    (whose connection it drops on our attach) can reconnect and take the session back.
-    """
-
-    def frame(payload: bytes) -> bytes:
-        return struct.pack("!i", len(payload)) + payload
-
-    attach = protocol.ConnectRequest(
-        protocol_version=0,
-        last_seen_zxid=0,
-        timeout=10_000,
-        session_id=session_id,
-        password=password,
-        read_only=False,
-    )
-    close = protocol.CloseRequest()
-    async with await anyio.connect_tcp(host, port) as stream:
-        await stream.send(frame(attach.serialize()) + frame(close.serialize(1)))
-        with anyio.move_on_after(scaled(3)):  # the server hangs up once the session is closed
-            try:
-                while await stream.receive():
-                    pass
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                pass
-
-
 async def expire(coord: Coordinator, scaled: Callable[[float], float], session_id: str | None = None) -> None:
     """End ``coord``'s lock session from outside; return once its client knows it expired.
     ``scaled``: the test's fixture (or a harness's ``t``), for the waits."""
-    session = backend_session(coord, session_id)
-    await expire_client(session.client, scaled)
+    await expire_client(backend_session(coord, session_id).client, scaled)
 
 
 async def expire_client(client: ZooKeeperClient, scaled: Callable[[float], float]) -> None:
     """End ``client``'s ZooKeeper session from outside; return once the client saw it end."""
-    host, port = client.conn.host, client.conn.port
-    sid, password = client.session_id, client.password
-    assert sid is not None
-
-    def ended() -> bool:
-        # Expired, replaced (renew=True), or closed by the coordinator after it lost the session.
-        return client.expired or client.session_id != sid or client.closing
-
-    # Should the victim still win the race and take its session back, repeat (as kazoo's own
-    # test harness does).
-    for _ in range(5):
-        await close_session_from_outside(host, port, sid, password, scaled)
-        with anyio.move_on_after(scaled(3)):
-            while not ended():
-                await client.changed()
-            return
-    raise AssertionError(f"could not expire ZooKeeper session 0x{sid:x}")
+    await client.expire_from_outside(scaled(3))
 
 
 class ZooKeeperFixtures(CoordinationFixtures):
     """The conformance and fault suites' fixtures on the real server above."""
 
-    # ZooKeeper has no call to end another client's session; this fixture attaches to the
-    # session from a second connection and closes it (see expire_client).
+    # ZooKeeper has no call to end another client's session; a coordinator can end its own
+    # (coord.expire_session attaches to it from a second connection and closes it).
     fixture_capabilities = frozenset({Capability.EXPIRE_SESSION})
 
     @pytest.fixture
@@ -117,7 +67,7 @@ class ZooKeeperFixtures(CoordinationFixtures):
         return zookeeper_server
 
     async def expire_session(self, harness: Harness, coord: Coordinator, session_id: str) -> None:
-        await expire(coord, harness.t, session_id)
+        await coord.expire_session(session_id)
 
     def new_server(self, harness: Harness) -> ServerProcess:
         return ZooKeeperProcess(tick_time_ms=TICK_MS, start_timeout=harness.t(60))

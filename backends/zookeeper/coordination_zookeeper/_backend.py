@@ -9,7 +9,7 @@ import anyio
 
 from coordination import Capability, Leader, Versioned
 from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, SessionMonitor, map_errors
-from coordination.exceptions import InvalidURL
+from coordination.exceptions import InvalidURL, Unsupported
 
 from ._client import (
     CHILDREN_CHANGED,
@@ -141,6 +141,17 @@ class ZooKeeperBackend(Backend):
     def _forget(self, session: ZooKeeperSession) -> None:
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
+
+    async def expire_session(self, session_id: str) -> None:
+        """End ``session_id`` as the server would on expiry: only a session this backend
+        opened, since ZooKeeper needs the session's password (not ``EXPIRE_SESSION``)."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise Unsupported(
+                f"the zookeeper backend can end only its own sessions, not {session_id}"
+                " (ZooKeeper needs a session's password to end it)"
+            )
+        await session.client.expire_from_outside(self._timeout)
 
     # -- elections -----------------------------------------------------------------------
 

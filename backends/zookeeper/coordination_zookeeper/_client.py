@@ -246,6 +246,36 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         event, self._changed = self._changed, anyio.Event()
         event.set()
 
+    async def expire_from_outside(self, timeout: float) -> None:
+        """End this client's session as the server would on expiry: attach to it from a second
+        connection (with its id and password), then close it; return once this client saw it
+        end. ZooKeeper has no call to end a session by id; this is the classic way (kazoo's
+        test harness does the same).
+
+        Both requests go out in one write, so the server has the close queued before this
+        client (whose connection it drops on the attach) can reconnect and take the session
+        back; should it still win, try again: five attempts within ``timeout``.
+        """
+        sid = self.session_id
+        if sid is None:
+            raise SessionExpired("the ZooKeeper session is already gone")
+        host, port = self.conn.host, self.conn.port
+
+        def ended() -> bool:  # expired, replaced (renew=True), or closed
+            return self.expired or self.session_id != sid or self.closing
+
+        attempt = timeout / 5  # five attempts fit in one operation timeout
+        for _ in range(5):
+            try:
+                await _attach_and_close(host, port, sid, self.password, attempt)
+            except OSError as exc:
+                raise Unavailable(f"could not reach {host}:{port} to end session 0x{sid:x}: {exc}") from exc
+            with anyio.move_on_after(attempt):
+                while not ended():
+                    await self.changed()
+                return
+        raise Unavailable(f"ZooKeeper session 0x{sid:x} kept coming back after five closes")
+
     def _transitioned(self, previous: str, state: str) -> None:
         if state == CONNECTED:
             self._down_since = None
@@ -625,3 +655,28 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
 
     async def delete(self, path: str, version: int = -1) -> None:
         await self.send(protocol.DeleteRequest(path=path, version=version))
+
+
+async def _attach_and_close(host: str, port: int, session_id: int, password: bytes, timeout: float) -> None:
+    """Attach to session ``session_id`` on a new connection and close it, in one write."""
+
+    def frame(payload: bytes) -> bytes:
+        return struct.pack("!i", len(payload)) + payload
+
+    attach = protocol.ConnectRequest(
+        protocol_version=0,
+        last_seen_zxid=0,
+        timeout=10_000,
+        session_id=session_id,
+        password=password,
+        read_only=False,
+    )
+    close = protocol.CloseRequest()
+    async with await anyio.connect_tcp(host, port) as stream:
+        await stream.send(frame(attach.serialize()) + frame(close.serialize(1)))
+        with anyio.move_on_after(timeout):  # the server hangs up once the session is closed
+            try:
+                while await stream.receive():
+                    pass
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass

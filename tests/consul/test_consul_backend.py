@@ -498,6 +498,55 @@ async def test_a_lock_request_applied_after_its_acquire_was_cancelled_leaves_not
         await got.release()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["lock", "election"])
+async def test_a_late_release_never_frees_a_later_holding_of_the_same_session(
+    consul_url: str, kind: str, scaled: Callable[[float], float]
+) -> None:
+    """A release can reach the leader late: an agent holds requests while the servers elect a
+    leader, and a release this client gave up on may still be applied after the session took
+    the key again. Consul locks belong to sessions, so a release by session alone would free
+    the later holding (a CI soak saw two holders so). Replayed verbatim after the second
+    acquisition, the first release must leave the second holding alone."""
+    async with (
+        coordination.connect(consul_url, **OPTIONS) as a,
+        coordination.connect(consul_url, **OPTIONS) as b,
+    ):
+        backend = a._engine.backend
+        assert isinstance(backend, ConsulBackend)
+        http = backend.http
+        txn = http.txn
+        releases: list[list[dict[str, Any]]] = []
+
+        async def recording(ops: list[dict[str, Any]], what: str) -> Any:
+            if what.startswith("to release"):
+                releases.append(ops)
+            return await txn(ops, what)
+
+        http.txn = recording  # type: ignore[method-assign]
+
+        async def take(coord: coordination.Coordinator) -> Any:
+            if kind == "lock":
+                return await coord.lock("late-release").try_acquire()
+            with anyio.move_on_after(scaled(1.0)):  # waiting: another leads
+                return await coord.election("late-release").campaign(b"v")
+            return None
+
+        first = await take(a)
+        assert first is not None
+        if kind == "election":
+            await first.proclaim(b"v2")  # a new version of the key: the release names that one
+        await (first.release() if kind == "lock" else first.resign())
+        assert releases, "no release was sent"
+        second = await take(a)
+        assert second is not None
+        for ops in releases:  # the first release, arriving late
+            await txn(ops, "to release (replayed late)")
+        assert await take(b) is None, "a late release of the first holding freed the second"
+        await (second.release() if kind == "lock" else second.resign())
+        assert await take(b) is not None
+
+
 # -- lock-delay, renewal, crash failover -----------------------------------------------------
 
 

@@ -134,6 +134,9 @@ class _Contender:
     """Set once this is the first contender of its session for ``key`` (see ``enqueue``)."""
     maybe_held: bool = False
     """A lock request was sent and did not fail: this may hold the key."""
+    index: int | None = None
+    """The key's ``ModifyIndex`` as this contender's last write (lock, proclaim) left it;
+    ``None`` when that write's outcome is unknown. A release deletes only that version."""
 
 
 class ConsulSession(BackendSession[_Contender]):
@@ -186,7 +189,7 @@ class ConsulSession(BackendSession[_Contender]):
         released = True
         for contender in [c for queue in self._queues.values() for c in queue if c.maybe_held]:
             try:
-                await self._release(contender.key)
+                await self._release(contender.key, contender.index)
                 contender.maybe_held = False
             except CoordinationError:
                 released = False
@@ -242,7 +245,7 @@ class ConsulSession(BackendSession[_Contender]):
             elif pair.session == self.id:
                 # Held by this session for no contender of it (a release that never got an
                 # answer): free it rather than inherit the previous holder's token.
-                await self._release(key)
+                await self._release(key, pair.modify_index)
                 pair, index = None, 0
                 continue
             elif not blocking:
@@ -268,7 +271,7 @@ class ConsulSession(BackendSession[_Contender]):
             "Flags": LOCK_FLAG_VALUE,
             "Session": self.id,
         }
-        contender.maybe_held = True
+        contender.maybe_held, contender.index = True, None
         # Let the request finish even if the caller is cancelled: abandoned, it may still be
         # applied after the release that withdraw() sends on another connection, and leave the
         # key held by this live session with no contender to release it. Bounded: if no
@@ -276,24 +279,40 @@ class ConsulSession(BackendSession[_Contender]):
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
             outcome = await self._http.txn([{"KV": guard}, {"KV": lock}], f"to lock {contender.key!r}")
             contender.maybe_held = outcome.ok
+            if outcome.ok:
+                contender.index = outcome.results[-1].modify_index
             return outcome
         raise Unavailable(f"Consul did not answer the lock of {contender.key!r} within {self._timeout:g}s")
 
-    async def _release(self, key: str) -> None:
-        """Release ``key`` if this session holds it, and delete it (as ``consul lock`` does)."""
+    async def _release(self, key: str, index: int | None) -> None:
+        """Release ``key`` if this session holds the version ``index`` of it, and delete it (as
+        ``consul lock`` does); with ``index`` None, whatever version this session holds now.
+
+        Only that version: Consul locks belong to sessions, not to contenders, and a release
+        can reach the leader late (an agent holds requests while the servers elect a leader;
+        one given up on by this client may still be applied). Deleting by session alone
+        would then free a later holding of the same session; a ``delete-cas`` on the index
+        cannot, since every lock and proclaim writes a new ``ModifyIndex``.
+        """
+        if index is None:
+            pair, _ = await read_key(self._http, key, 0, self._timeout)
+            if pair is None or pair.session != self.id:
+                return  # not held by this session (any more): nothing to do
+            index = pair.modify_index
         outcome = await self._http.txn(
             [
                 {"KV": {"Verb": "check-session", "Key": key, "Session": self.id}},
-                {"KV": {"Verb": "delete", "Key": key}},
+                {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}},
             ],
             f"to release {key!r}",
         )
         if not outcome.ok:
-            refusal(outcome, f"to release {key!r}")  # not held (any more): nothing to do
+            refusal(outcome, f"to release {key!r}")  # not held, or not that version: nothing to do
 
     async def withdraw(self, contender: _Contender) -> None:
         if contender.maybe_held:
-            await self._release(contender.key)  # Unavailable: the core retries; we stay first
+            # Unavailable: the core retries; we stay first.
+            await self._release(contender.key, contender.index)
             contender.maybe_held = False
         queue = self._queues.get(contender.key, [])
         if contender in queue:
@@ -306,7 +325,9 @@ class ConsulSession(BackendSession[_Contender]):
 
     async def proclaim(self, contender: _Contender, value: bytes) -> None:
         # Locking again with the same session rewrites the value and keeps LockIndex, so
-        # the token; check-session keeps it from taking a key it no longer holds.
+        # the token; check-session keeps it from taking a key it no longer holds. Until the
+        # answer, which version of the key is this contender's is unknown.
+        contender.index = None
         outcome = await self._http.txn(
             [
                 {"KV": {"Verb": "check-session", "Key": contender.key, "Session": self.id}},
@@ -326,4 +347,5 @@ class ConsulSession(BackendSession[_Contender]):
             if refusal(outcome, f"to proclaim on {contender.key!r}") == "expired":
                 self._monitor.expired()
             raise NotHeld(f"{contender.key!r}: this session no longer holds the election key")
+        contender.index = outcome.results[-1].modify_index
         contender.value = value

@@ -424,15 +424,26 @@ class EtcdClient:
 
     # -- key-value -------------------------------------------------------------------------
 
-    async def range(self, request: Message) -> RangeResponse:
-        reply: RangeResponse = await self._unary(self._kv.Range, request, "range", write=False)
+    async def range(self, request: Message, *, wait_for_ready: bool = False) -> RangeResponse:
+        """A read; with ``wait_for_ready`` it waits (up to the deadline) for a connection
+        instead of failing at once while there is none (also :meth:`txn`): for clean-ups."""
+        reply: RangeResponse = await self._unary(
+            self._kv.Range, request, "range", write=False, wait_for_ready=wait_for_ready
+        )
         return reply
 
     async def txn(
-        self, compare: Sequence[Message], success: Sequence[Message], failure: Sequence[Message] = ()
+        self,
+        compare: Sequence[Message],
+        success: Sequence[Message],
+        failure: Sequence[Message] = (),
+        *,
+        wait_for_ready: bool = False,
     ) -> TxnResponse:
         request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
-        reply: TxnResponse = await self._unary(self._kv.Txn, request, "transaction")
+        reply: TxnResponse = await self._unary(
+            self._kv.Txn, request, "transaction", wait_for_ready=wait_for_ready
+        )
         return reply
 
     async def put(self, key: bytes, value: bytes) -> int:
@@ -440,14 +451,10 @@ class EtcdClient:
         reply = await self._unary(self._kv.Put, rpc.PutRequest(key=key, value=value), "put")
         return int(reply.header.revision)
 
-    async def delete(self, key: bytes, *, wait_for_ready: bool = False) -> int:
-        """Delete ``key``; return how many keys were deleted (0 or 1).
-
-        With ``wait_for_ready`` the request waits (up to the deadline) for a connection
-        instead of failing at once while there is none: for clean-ups after a lost reply.
-        """
+    async def delete(self, key: bytes) -> int:
+        """Delete ``key``; return how many keys were deleted (0 or 1)."""
         request = rpc.DeleteRangeRequest(key=key)
-        reply = await self._unary(self._kv.DeleteRange, request, "delete", wait_for_ready=wait_for_ready)
+        reply = await self._unary(self._kv.DeleteRange, request, "delete")
         return int(reply.deleted)
 
     # -- leases ----------------------------------------------------------------------------

@@ -196,14 +196,24 @@ class EtcdSession(BackendSession[_Contender]):
                     stale = reply.responses[0].response_range.kvs[0].create_revision
                     await self._client.txn([compare_create(slot.key, stale)], [delete_op(slot.key)])
             except BaseException:
-                # The write may have happened even if its reply was lost: remove it.
+                # The write may have happened even if its reply was lost: remove it, but only
+                # that incarnation of the key (by its create revision). A delete by name alone
+                # could be applied late, after a later attempt of this session wrote the key
+                # anew, and delete that. Should the lost write itself come later still, the
+                # next write of this key finds it and removes it (the loop above).
                 slot.rev = 0
                 with (
                     anyio.CancelScope(shield=True),
                     anyio.move_on_after(self._client.timeout),
                     contextlib.suppress(CoordinationError),
                 ):
-                    await self._client.delete(slot.key, wait_for_ready=True)
+                    found = await self._client.range(range_request(slot.key), wait_for_ready=True)
+                    for kv in found.kvs:  # the key's name holds this session's lease: it is ours
+                        await self._client.txn(
+                            [compare_create(slot.key, kv.create_revision)],
+                            [delete_op(slot.key)],
+                            wait_for_ready=True,
+                        )
                 raise
             c.written = True
             heads = reply.responses[1].response_range.kvs

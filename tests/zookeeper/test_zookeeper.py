@@ -615,3 +615,27 @@ async def test_unreachable_server_is_unavailable(scaled: Callable[[float], float
             pass
     # A refused connection is tried again (the server may be starting) until the timeout.
     assert 0.5 <= time.monotonic() - start < scaled(3)
+
+
+def test_client_errors_are_mapped_once_at_the_client_layer() -> None:
+    """Every error reply becomes a public error in the client, most specific first; only the
+    answers the recipes act on (NoNode, NodeExists, BadVersion, NotEmpty) stay aiozk's."""
+    from aiozk import exc as zk_exc
+
+    from coordination import CoordinationError, SessionExpired, Unavailable
+    from coordination_zookeeper._client import ANSWERS, raise_public
+
+    for error, public in (
+        (zk_exc.ConnectionLoss(), Unavailable),
+        (zk_exc.SessionExpired(), SessionExpired),
+        (zk_exc.NoAuth(), CoordinationError),
+        (ConnectionResetError(), Unavailable),
+    ):
+        with pytest.raises(public) as info:
+            raise_public(error)
+        assert info.value.__cause__ is error
+    for answer in ANSWERS:
+        with pytest.raises(answer):
+            raise_public(answer())
+    with pytest.raises(KeyError):
+        raise_public(KeyError("not a client error: as it is"))

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import anyio
 
 from coordination import Capability, Leader, Versioned
-from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, SessionMonitor, map_errors
+from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, SessionMonitor
 from coordination.exceptions import InvalidURL, Unsupported
 
 from ._client import (
@@ -16,7 +16,6 @@ from ._client import (
     CREATED,
     DATA_CHANGED,
     DELETED,
-    ERRORS,
     LOST,
     BadVersion,
     NodeExists,
@@ -117,8 +116,7 @@ class ZooKeeperBackend(Backend):
 
     async def open(self) -> None:
         client = ZooKeeperClient(self._hosts, self._session_timeout or self.settings["ttl"], renew=True)
-        with map_errors(ERRORS):
-            await client.start()
+        await client.start()
         self._client = client
 
     async def aclose(self) -> None:
@@ -131,8 +129,7 @@ class ZooKeeperBackend(Backend):
 
     async def open_session(self, ttl: float, monitor: SessionMonitor) -> ZooKeeperSession:
         client = ZooKeeperClient(self._hosts, self._session_timeout or ttl, renew=False)
-        with map_errors(ERRORS):
-            await client.start()
+        await client.start()
         session = ZooKeeperSession(self, client, monitor, self._timeout)
         self._sessions[session.id] = session
         client.add_listener(lambda _old, new: self._forget(session) if new == LOST else None)
@@ -159,20 +156,19 @@ class ZooKeeperBackend(Backend):
         parent = "/" + name
         client = self.client
         sync = True
-        with map_errors(ERRORS):
-            while True:
-                try:
-                    queue = queue_order(await client.children(parent, sync=sync))
-                except NoNode:
-                    return None
-                if not queue:
-                    return None
-                try:
-                    data, stat = await client.get(f"{parent}/{queue[0]}")
-                except NoNode:
-                    sync = False
-                    continue  # the leader just left: look again
-                return Leader(data or b"", stat.czxid)
+        while True:
+            try:
+                queue = queue_order(await client.children(parent, sync=sync))
+            except NoNode:
+                return None
+            if not queue:
+                return None
+            try:
+                data, stat = await client.get(f"{parent}/{queue[0]}")
+            except NoNode:
+                sync = False
+                continue  # the leader just left: look again
+            return Leader(data or b"", stat.czxid)
 
     async def observe(self, name: str) -> AsyncIterator[Leader | None]:
         parent = "/" + name
@@ -187,31 +183,30 @@ class ZooKeeperBackend(Backend):
             removers = [client.on_events(parent, (CREATED, CHILDREN_CHANGED), wake)]
             client.add_listener(wake)  # after a reconnect, re-read: a change may have been missed
             try:
-                with map_errors(ERRORS):
+                try:
+                    queue = queue_order(await client.children(parent, sync=sync))
+                except NoNode:
+                    queue = []
+                sync = False
+                leader: Leader | None = None
+                if queue:
+                    # Only the leader's node matters until it changes or goes.
+                    node = f"{parent}/{queue[0]}"
+                    removers.append(client.on_events(node, (DELETED, DATA_CHANGED), wake))
                     try:
-                        queue = queue_order(await client.children(parent, sync=sync))
+                        data, stat = await client.get(node, watch=True)
                     except NoNode:
-                        queue = []
-                    sync = False
-                    leader: Leader | None = None
+                        continue  # the leader just left
+                    leader = Leader(data or b"", stat.czxid)
+                else:
+                    # No leader: watch the queue (or for its parent to be created).
+                    try:
+                        queue = queue_order(await client.children(parent, watch=True))
+                    except NoNode:
+                        if await client.exists(parent, watch=True) is not None:
+                            continue  # created meanwhile
                     if queue:
-                        # Only the leader's node matters until it changes or goes.
-                        node = f"{parent}/{queue[0]}"
-                        removers.append(client.on_events(node, (DELETED, DATA_CHANGED), wake))
-                        try:
-                            data, stat = await client.get(node, watch=True)
-                        except NoNode:
-                            continue  # the leader just left
-                        leader = Leader(data or b"", stat.czxid)
-                    else:
-                        # No leader: watch the queue (or for its parent to be created).
-                        try:
-                            queue = queue_order(await client.children(parent, watch=True))
-                        except NoNode:
-                            if await client.exists(parent, watch=True) is not None:
-                                continue  # created meanwhile
-                        if queue:
-                            continue  # a contender joined between the two reads
+                        continue  # a contender joined between the two reads
                 yield leader
                 await woken.wait()
             finally:
@@ -222,85 +217,81 @@ class ZooKeeperBackend(Backend):
     # -- config --------------------------------------------------------------------------
 
     async def get(self, key: str) -> Versioned | None:
-        with map_errors(ERRORS):
-            try:
-                data, stat = await self.client.get("/" + key, sync=True)
-            except NoNode:
-                return None
+        try:
+            data, stat = await self.client.get("/" + key, sync=True)
+        except NoNode:
+            return None
         return None if data is None else Versioned(data, stat.mzxid)
 
     async def set(self, key: str, value: bytes) -> int:
         path = "/" + key
         client = self.client
-        with map_errors(ERRORS):
-            while True:
-                try:
-                    return (await client.set_data(path, value)).mzxid
-                except NoNode:
-                    pass
-                try:
-                    return (await client.create(path, value))[1].mzxid
-                except NodeExists:
-                    continue
-                except NoNode:
-                    await client.ensure_path(parent_of(path))
+        while True:
+            try:
+                return (await client.set_data(path, value)).mzxid
+            except NoNode:
+                pass
+            try:
+                return (await client.create(path, value))[1].mzxid
+            except NodeExists:
+                continue
+            except NoNode:
+                await client.ensure_path(parent_of(path))
 
     async def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
         path = "/" + key
         client = self.client
-        with map_errors(ERRORS):
-            while True:
-                try:
-                    data, stat = await client.get(path)
-                except NoNode:
-                    if expected is not None:
-                        return False
-                    try:
-                        await client.create(path, value)
-                        return True
-                    except NodeExists:
-                        continue
-                    except NoNode:
-                        await client.ensure_path(parent_of(path))
-                        continue
-                current = None if data is None else stat.mzxid
-                if current != expected:
+        while True:
+            try:
+                data, stat = await client.get(path)
+            except NoNode:
+                if expected is not None:
                     return False
                 try:
-                    await client.set_data(path, value, stat.version)
+                    await client.create(path, value)
                     return True
-                except (BadVersion, NoNode):
-                    if expected is not None:
-                        return False  # it changed after our read: not the expected version
-                    continue  # absent, and still maybe absent: look again
+                except NodeExists:
+                    continue
+                except NoNode:
+                    await client.ensure_path(parent_of(path))
+                    continue
+            current = None if data is None else stat.mzxid
+            if current != expected:
+                return False
+            try:
+                await client.set_data(path, value, stat.version)
+                return True
+            except (BadVersion, NoNode):
+                if expected is not None:
+                    return False  # it changed after our read: not the expected version
+                continue  # absent, and still maybe absent: look again
 
     async def delete(self, key: str) -> bool:
         path = "/" + key
         client = self.client
-        with map_errors(ERRORS):
-            while True:
-                try:
-                    data, stat = await client.get(path)
-                except NoNode:
-                    return False
-                if data is None:
-                    return False
-                try:
-                    await client.delete(path, stat.version)
-                    return True
-                except NoNode:
-                    return False
-                except BadVersion:
-                    continue
-                except NotEmpty:
-                    pass
-                try:  # it has children: keep the znode, clear its value
-                    await client.set_data(path, None, stat.version)
-                    return True
-                except NoNode:
-                    return False
-                except BadVersion:
-                    continue
+        while True:
+            try:
+                data, stat = await client.get(path)
+            except NoNode:
+                return False
+            if data is None:
+                return False
+            try:
+                await client.delete(path, stat.version)
+                return True
+            except NoNode:
+                return False
+            except BadVersion:
+                continue
+            except NotEmpty:
+                pass
+            try:  # it has children: keep the znode, clear its value
+                await client.set_data(path, None, stat.version)
+                return True
+            except NoNode:
+                return False
+            except BadVersion:
+                continue
 
     async def watch(self, key: str) -> AsyncIterator[Versioned | None]:
         path = "/" + key
@@ -315,15 +306,14 @@ class ZooKeeperBackend(Backend):
             remove = client.on_events(path, _NODE_EVENTS, wake)
             client.add_listener(wake)  # after a reconnect, re-read: a change may have been missed
             try:
-                with map_errors(ERRORS):
-                    item: Versioned | None
-                    try:
-                        data, stat = await client.get(path, watch=True, sync=sync)
-                        item = None if data is None else Versioned(data, stat.mzxid)
-                    except NoNode:
-                        if await client.exists(path, watch=True) is not None:
-                            continue  # created between the two reads
-                        item = None
+                item: Versioned | None
+                try:
+                    data, stat = await client.get(path, watch=True, sync=sync)
+                    item = None if data is None else Versioned(data, stat.mzxid)
+                except NoNode:
+                    if await client.exists(path, watch=True) is not None:
+                        continue  # created between the two reads
+                    item = None
                 sync = False
                 yield item
                 await woken.wait()

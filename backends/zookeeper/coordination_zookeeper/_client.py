@@ -30,7 +30,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 from aiozk import exc, protocol  # type: ignore[import-untyped]
@@ -38,6 +38,7 @@ from aiozk.connection import Connection  # type: ignore[import-untyped]
 from aiozk.session import Session  # type: ignore[import-untyped]
 from aiozk.states import SessionStateMachine, States  # type: ignore[import-untyped]
 
+from coordination.abc import mapped_error
 from coordination.exceptions import CoordinationError, SessionExpired, Unavailable
 
 log = logging.getLogger("coordination.zookeeper")
@@ -68,9 +69,25 @@ ERRORS: Mapping[type[BaseException], type[CoordinationError]] = {
     OSError: Unavailable,
     exc.ZKError: CoordinationError,
 }
-"""aiozk's errors as public ones, for :func:`coordination.abc.map_errors`."""
+"""aiozk's errors as public ones: every reply that is an error becomes one of these, in this
+module, except the :data:`ANSWERS` the recipes act on."""
+
+ANSWERS = (NoNode, NodeExists, BadVersion, NotEmpty)
+"""Errors that answer the request (the node is absent, exists, has another version, has
+children): raised as aiozk's own, for the recipes to catch."""
 
 _OPEN_ACL = [protocol.UNRESTRICTED_ACCESS]
+
+
+def raise_public(error: BaseException) -> NoReturn:
+    """Raise ``error`` as its public error (see :data:`ERRORS`); an answer the recipes act on
+    (:data:`ANSWERS`) and a coordination error as they are."""
+    if isinstance(error, (*ANSWERS, CoordinationError)):
+        raise error
+    public = mapped_error(error, ERRORS)
+    if public is None:
+        raise error
+    raise public(f"{type(error).__name__}: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -541,7 +558,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
                 raise lost from result
         for result in results:
             if isinstance(result, BaseException):
-                raise result
+                raise_public(result)
         zxid = max(zxid or 0 for zxid, _ in results)
         if zxid > (self.last_zxid or 0):
             self.last_zxid = zxid
@@ -549,7 +566,10 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         return [response for _, response in results]
 
     async def _send_now(self, *requests: Any) -> list[Any]:
-        conn, futures = self._write(requests)
+        try:
+            conn, futures = self._write(requests)
+        except Exception as error:
+            raise_public(error)
         if len(futures) == 1:
             try:
                 results: list[Any] = [await futures[0]]
@@ -567,7 +587,10 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         One that is only slow (replies to earlier requests still arrive) is waited for.
         """
         await self.wait_connected()
-        conn, (future,) = self._write([protocol.ExistsRequest(path="/", watch=False)])
+        try:
+            conn, (future,) = self._write([protocol.ExistsRequest(path="/", watch=False)])
+        except Exception as error:
+            raise_public(error)
         try:
             while not future.done():
                 frames = conn.frames

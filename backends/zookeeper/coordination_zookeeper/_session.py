@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 import anyio
 
-from coordination.abc import Backend, BackendSession, Kind, SessionMonitor, map_errors
+from coordination.abc import Backend, BackendSession, Kind, SessionMonitor
 from coordination.exceptions import NotHeld, SessionExpired, Unavailable
 
 from ._client import (
     CONNECTED,
     DATA_CHANGED,
     DELETED,
-    ERRORS,
     LOST,
     SUSPENDED,
     NoNode,
@@ -103,8 +102,7 @@ class ZooKeeperSession(BackendSession[Contender]):
         # reply (aiozk's pings share one xid). Nothing at all back for a sixth of the TTL (the
         # core waits a fifth before it calls the session SUSPENDED): the connection is
         # stalled, and the client moves to a new one while the session still lives.
-        with map_errors(ERRORS):
-            await self.client.probe(self.ttl / 6)
+        await self.client.probe(self.ttl / 6)
         return float(self.client.timeout)
 
     async def close(self) -> None:
@@ -115,8 +113,7 @@ class ZooKeeperSession(BackendSession[Contender]):
     async def enqueue(self, kind: Kind, name: str, value: bytes) -> Contender:
         contender = Contender("/" + name, uuid.uuid4().hex + NODE_MARK, value)
         try:
-            with map_errors(ERRORS):
-                await self._join(contender)
+            await self._join(contender)
         except BaseException:
             # Failed or cancelled, maybe after the server made the node: remove it by its
             # prefix (across a reconnect if need be) before the error goes on.
@@ -202,27 +199,26 @@ class ZooKeeperSession(BackendSession[Contender]):
                 await self.client.delete(f"{contender.parent}/{node}")
 
     async def wait_owner(self, contender: Contender, *, blocking: bool) -> int | None:
-        with map_errors(ERRORS):
-            listing, contender.listing = contender.listing, None  # as listed with the create
-            while True:
-                if listing is None:
-                    try:
-                        listing = await self.client.children(contender.parent)
-                    except NoNode:
-                        listing = []
-                queue = queue_order(listing)
-                if contender.node not in queue:
-                    raise Unavailable(f"contender {contender.path} was deleted by another client")
-                position = queue.index(contender.node)
-                if position == 0:
-                    return contender.token
-                if not blocking:
-                    return None
-                # Watch only the node just ahead; when it goes, list the queue again (the one
-                # ahead of it may have gone too, or be waiting still).
-                await self._gone(f"{contender.parent}/{queue[position - 1]}")
-                self._backend.woke()  # woken: list the queue again (Backend.wakeups)
-                listing = None
+        listing, contender.listing = contender.listing, None  # as listed with the create
+        while True:
+            if listing is None:
+                try:
+                    listing = await self.client.children(contender.parent)
+                except NoNode:
+                    listing = []
+            queue = queue_order(listing)
+            if contender.node not in queue:
+                raise Unavailable(f"contender {contender.path} was deleted by another client")
+            position = queue.index(contender.node)
+            if position == 0:
+                return contender.token
+            if not blocking:
+                return None
+            # Watch only the node just ahead; when it goes, list the queue again (the one
+            # ahead of it may have gone too, or be waiting still).
+            await self._gone(f"{contender.parent}/{queue[position - 1]}")
+            self._backend.woke()  # woken: list the queue again (Backend.wakeups)
+            listing = None
 
     async def _gone(self, path: str) -> None:
         """Return once ``path`` is gone or changed, or the connection state changed."""
@@ -244,12 +240,10 @@ class ZooKeeperSession(BackendSession[Contender]):
             self.client.remove_listener(wake)
 
     async def withdraw(self, contender: Contender) -> None:
-        with map_errors(ERRORS):
-            await self._remove(contender)
+        await self._remove(contender)
 
     async def proclaim(self, contender: Contender, value: bytes) -> None:
-        with map_errors(ERRORS):
-            try:
-                await self.client.set_data(contender.path, value)
-            except NoNode:
-                raise NotHeld(f"{contender.parent!r}: this candidate is no longer the leader") from None
+        try:
+            await self.client.set_data(contender.path, value)
+        except NoNode:
+            raise NotHeld(f"{contender.parent!r}: this candidate is no longer the leader") from None

@@ -639,3 +639,29 @@ def test_client_errors_are_mapped_once_at_the_client_layer() -> None:
             raise_public(answer())
     with pytest.raises(KeyError):
         raise_public(KeyError("not a client error: as it is"))
+
+
+def test_an_aiozk_that_changed_the_internals_we_build_on_fails_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client layer subclasses aiozk's Session and Connection: the installed aiozk has all
+    it overrides and uses, and one without (here: a renamed repair_loop, a Connection whose
+    ``pending`` went) is refused at import with the names, not at the first reconnect."""
+    from aiozk.connection import Connection
+    from aiozk.session import Session
+
+    from coordination_zookeeper import _client
+
+    assert _client.aiozk_mismatches() == []
+    _client.check_aiozk()
+    monkeypatch.delattr(Session, "repair_loop")
+    original = Connection.__init__
+
+    def without_pending(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        del self.pending
+
+    monkeypatch.setattr(Connection, "__init__", without_pending)
+    assert _client.aiozk_mismatches() == ["Session.repair_loop", "Connection().pending"]
+    with pytest.raises(ImportError, match=r"aiozk 0\.32's internals; aiozk .* lacks Session\.repair_loop"):
+        _client.check_aiozk()

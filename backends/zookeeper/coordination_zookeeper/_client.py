@@ -17,6 +17,10 @@ coordination needs it:
 * every transition of the session state is reported to listeners, synchronously;
 * :meth:`ZooKeeperClient.close` ends the session and leaves no task, connection or watch
   callback behind.
+
+All of the subclassing of aiozk is here, in this module; :data:`AIOZK_INTERNALS` and
+:data:`AIOZK_INSTANCE_ATTRIBUTES` list what it overrides and uses, and :func:`check_aiozk`
+refuses, at import, an aiozk that lacks any of it (aiozk is pinned to 0.32).
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import aiozk  # type: ignore[import-untyped]
 import anyio
-from aiozk import exc, protocol  # type: ignore[import-untyped]
+from aiozk import exc, protocol
 from aiozk.connection import Connection  # type: ignore[import-untyped]
 from aiozk.session import Session  # type: ignore[import-untyped]
 from aiozk.states import SessionStateMachine, States  # type: ignore[import-untyped]
@@ -124,6 +129,78 @@ class _StateMachine(SessionStateMachine):  # type: ignore[misc]
         super().transition_to(state)
         self._client._transitioned(previous, state)
 
+
+# fmt: off
+AIOZK_INTERNALS: Mapping[str, tuple[type, tuple[str, ...]]] = {
+    "Session": (
+        Session,
+        (
+            "repair_loop", "send", "start", "close", "set_heartbeat", "heartbeat", "event_dispatch",
+            "add_watch_callback", "remove_watch_callback", "set_existing_watches",
+        ),
+    ),
+    "Connection": (
+        Connection,
+        (
+            "connect", "_read", "send_connect", "read_response", "send", "start_read_loop",
+            "read_loop", "close", "abort",
+        ),
+    ),
+    "SessionStateMachine": (SessionStateMachine, ("transition_to", "valid_transitions")),
+}
+"""The aiozk classes this module subclasses, and what of theirs it overrides or calls."""
+
+AIOZK_INSTANCE_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
+    "Session": (
+        "conn", "session_id", "password", "timeout", "last_zxid", "xid", "started", "closing",
+        "read_timeout", "repair_loop_task", "heartbeat_task", "heartbeat_handle", "watch_callbacks",
+    ),
+    "Connection": (
+        "host", "port", "closing", "pending", "pending_specials", "read_loop_task",
+        "read_timeout", "reader", "writer", "start_read_only",
+    ),
+}
+# fmt: on
+"""What this module reads or sets on aiozk's objects, as aiozk's ``__init__`` makes them."""
+
+
+def aiozk_mismatches() -> list[str]:
+    """What this module needs of aiozk's internals and the installed aiozk lacks (none: [])."""
+    missing = [
+        f"{name}.{attribute}"
+        for name, (cls, attributes) in AIOZK_INTERNALS.items()
+        for attribute in attributes
+        if not hasattr(cls, attribute)
+    ]
+    try:  # aiozk's constructors do no I/O
+        made = {
+            "Session": Session("localhost:2181", 10, None, False, None),
+            "Connection": Connection("localhost", 2181, None, None),
+        }
+    except TypeError as error:
+        return [*missing, f"the constructors' signatures changed ({error})"]
+    missing += [
+        f"{name}().{attribute}"
+        for name, attributes in AIOZK_INSTANCE_ATTRIBUTES.items()
+        for attribute in attributes
+        if not hasattr(made[name], attribute)
+    ]
+    return missing
+
+
+def check_aiozk() -> None:
+    """Raise ImportError naming what changed if the installed aiozk lacks what this module
+    builds on (it subclasses aiozk's Session and Connection; pinned to aiozk 0.32)."""
+    missing = aiozk_mismatches()
+    if missing:
+        version = getattr(aiozk, "__version__", "?")
+        raise ImportError(
+            f"coordination-zookeeper builds on aiozk 0.32's internals; aiozk {version} lacks "
+            f"{', '.join(missing)}: install aiozk>=0.32,<0.33"
+        )
+
+
+check_aiozk()
 
 _SIZE = struct.Struct("!i")
 _REPLY_HEADER = struct.Struct("!iqi")

@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._types import SessionState
 from ._url import default_identity
-from .abc import Backend, BackendSession, Kind
+from .abc import Backend, BackendSession, Kind, ResumePoint
 from .exceptions import (
     AcquireTimeout,
     CoordinationError,
@@ -696,17 +696,21 @@ class Engine:
             except _TRANSIENT:
                 pass
 
-    async def stream(self, factory: Callable[[], AsyncIterator[T]], what: str) -> AsyncIterator[T]:
-        """Iterate a backend stream, restarting it after a transient failure or a lost session."""
+    async def stream(self, factory: Callable[[ResumePoint], AsyncIterator[T]], what: str) -> AsyncIterator[T]:
+        """Iterate a backend stream, restarting it after a transient failure or a lost session,
+        from where it left off (one :class:`~coordination.abc.ResumePoint` for all its
+        restarts), until the coordinator is closed. The one retry layer for streams."""
         self.check_open()
-        backoff = Backoff()
+        backoff, resume = Backoff(), ResumePoint()
         while True:
-            items = factory()
+            items = factory(resume)
             try:
                 async for item in items:
                     backoff.reset()
                     yield item
             except (*_TRANSIENT, SessionExpired) as exc:
+                if self._closing or self._tg is None:
+                    raise Unavailable(f"{what} ended: the coordinator was closed") from exc
                 log.info("%s broke, restarting in %.2fs: %r", what, backoff.delay, exc)
             finally:
                 aclose = getattr(items, "aclose", None)

@@ -49,6 +49,7 @@ __all__ = [
     "Kind",
     "Option",
     "ParsedURL",
+    "ResumePoint",
     "SessionMonitor",
     "map_errors",
     "mapped_error",
@@ -68,6 +69,26 @@ class HistoryReset(enum.Enum):
 
 HISTORY_RESET = HistoryReset.HISTORY_RESET
 """Yielded by :meth:`Backend.watch` when the server's versions restarted lower."""
+
+
+class ResumePoint:
+    """Where a backend's watch or observe stream left off, kept by the core across restarts.
+
+    The core makes one per ``config.watch()`` or ``election.observe()`` and passes the same
+    one to every restart of :meth:`Backend.watch` / :meth:`Backend.observe`; ``position``
+    starts as ``None``. A backend that can resume (etcd: the next revision to watch from)
+    sets it as it goes and starts from it; others may ignore it. A stream that breaks raises
+    :class:`~coordination.Unavailable` and does not retry by itself: the core is the one
+    retry layer (one backoff, and no restart once the coordinator is closed).
+    """
+
+    __slots__ = ("position",)
+
+    def __init__(self) -> None:
+        self.position: Any = None
+
+    def __repr__(self) -> str:
+        return f"<ResumePoint {self.position!r}>"
 
 
 class SessionMonitor(Protocol):
@@ -242,12 +263,12 @@ class Backend(ABC):
         """The current leader of election ``name``, or ``None`` if it has none."""
 
     @abstractmethod
-    def observe(self, name: str) -> AsyncIterator[Leader | None]:
+    def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:
         """Yield the current leader (or ``None``) of ``name`` now and after every change.
 
         Driven by watches. Repeats are fine: the core drops an item equal to the one before.
-        Raise :class:`~coordination.Unavailable` when the stream breaks; the core restarts
-        the iterator.
+        Raise :class:`~coordination.Unavailable` when the stream breaks, without retrying:
+        the core restarts it with the same ``resume`` point (see :class:`ResumePoint`).
         """
 
     # -- config ----------------------------------------------------------------------------
@@ -273,7 +294,7 @@ class Backend(ABC):
         """Delete ``key``; return whether it existed."""
 
     @abstractmethod
-    def watch(self, key: str) -> AsyncIterator[Versioned | HistoryReset | None]:
+    def watch(self, key: str, resume: ResumePoint) -> AsyncIterator[Versioned | HistoryReset | None]:
         """Yield the state of ``key`` now, then after every change (``None`` = absent).
 
         Driven by watches, not polling. Where history is lost (compaction, a change while
@@ -281,8 +302,8 @@ class Backend(ABC):
         version is not above the last one yielded, so re-reads are safe. Where the server's
         version counter itself went backwards (a Consul index reset after a snapshot
         restore), yield :data:`HISTORY_RESET` before the re-read, so its lower version is
-        not dropped. Raise :class:`~coordination.Unavailable` when the stream breaks; the
-        core restarts it.
+        not dropped. Raise :class:`~coordination.Unavailable` when the stream breaks, without
+        retrying: the core restarts it with the same ``resume`` point (see :class:`ResumePoint`).
         """
 
 

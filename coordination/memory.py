@@ -38,7 +38,7 @@ import anyio
 
 from ._types import Leader, Versioned
 from ._url import ParsedURL
-from .abc import Backend, BackendSession, Kind, SessionMonitor
+from .abc import Backend, BackendSession, Kind, ResumePoint, SessionMonitor
 from .capabilities import Capability
 from .exceptions import InvalidURL, NotHeld, SessionExpired
 
@@ -289,7 +289,7 @@ class MemoryBackend(Backend):
         head = self.store.head("election", name)
         return Leader(head.value, head.revision) if head else None
 
-    async def observe(self, name: str) -> AsyncIterator[Leader | None]:
+    async def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:
         store = self.store
         while True:
             changed = store.changes.event(("election", name))
@@ -321,7 +321,7 @@ class MemoryBackend(Backend):
         self.store.write(key, None)
         return True
 
-    async def watch(self, key: str) -> AsyncIterator[Versioned | None]:
+    async def watch(self, key: str, resume: ResumePoint) -> AsyncIterator[Versioned | None]:
         store = self.store
         while True:
             changed = store.changes.event(key)

@@ -187,7 +187,9 @@ class Election:
         key = self._engine.key(self.name)
         backend = self._engine.backend
         last: Leader | bool | None = False  # False: nothing yielded yet
-        async for leader in self._engine.stream(lambda: backend.observe(key), f"observing {self.name!r}"):
+        async for leader in self._engine.stream(
+            lambda resume: backend.observe(key, resume), f"observing {self.name!r}"
+        ):
             if leader != last:
                 last = leader
                 yield leader
@@ -243,7 +245,9 @@ class Config:
         backend, key = self._engine.backend, self._key
         last_version = -1
         absent: bool | None = None  # None: nothing yielded yet
-        async for item in self._engine.stream(lambda: backend.watch(key), f"watching {self.name!r}"):
+        async for item in self._engine.stream(
+            lambda resume: backend.watch(key, resume), f"watching {self.name!r}"
+        ):
             if item is HISTORY_RESET:
                 last_version = -1
                 continue

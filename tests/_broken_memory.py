@@ -20,7 +20,7 @@ import pytest
 
 import coordination
 from coordination import Versioned
-from coordination.abc import Kind
+from coordination.abc import Kind, ResumePoint
 from coordination.memory import MemoryBackend, _Contender, _MemorySession
 from coordination.testing import CoordinationFixtures, Harness
 
@@ -205,7 +205,7 @@ class OutOfOrderWatchBackend(_Variant):
 
     scheme = "memory-watch-backwards"
 
-    async def watch(self, key: str) -> AsyncIterator[Versioned | None]:
+    async def watch(self, key: str, resume: ResumePoint) -> AsyncIterator[Versioned | None]:
         store = self.store
         previous: Versioned | None = None
         while True:

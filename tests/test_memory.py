@@ -15,7 +15,7 @@ import pytest
 
 import coordination
 from coordination import HeldLock, SessionState, Versioned
-from coordination.abc import HISTORY_RESET, HistoryReset
+from coordination.abc import HISTORY_RESET, HistoryReset, ResumePoint
 from coordination.memory import MemoryBackend, MemoryStore, _MemorySession
 
 pytestmark = pytest.mark.asyncio
@@ -374,7 +374,9 @@ class _Scripted(MemoryBackend):
 
     scheme = "scripted"
 
-    async def watch(self, key: str) -> AsyncIterator[Versioned | HistoryReset | None]:  # type: ignore[override]
+    async def watch(  # type: ignore[override]
+        self, key: str, resume: ResumePoint
+    ) -> AsyncIterator[Versioned | HistoryReset | None]:
         for item in (Versioned(b"a", 5), Versioned(b"stale", 4), HISTORY_RESET, Versioned(b"restored", 2)):
             yield item
         await anyio.sleep_forever()
@@ -542,3 +544,42 @@ async def test_expire_session_is_refused_by_a_backend_that_cannot() -> None:
                 await coord.expire_session("anything")
     finally:
         coordination.unregister("noexpiry")
+
+
+class _Flaky(MemoryBackend):
+    """A backend whose watch breaks after every item, noting the resume point it was given."""
+
+    scheme = "flaky"
+    seen: list[tuple[int, object]]
+
+    async def watch(  # type: ignore[override]
+        self, key: str, resume: ResumePoint
+    ) -> AsyncIterator[Versioned | HistoryReset | None]:
+        self.seen.append((id(resume), resume.position))
+        version = (resume.position or 0) + 1
+        resume.position = version
+        yield Versioned(b"v", version)
+        raise coordination.Unavailable("the stream broke")
+
+
+async def test_the_core_restarts_a_broken_stream_from_its_resume_point() -> None:
+    """One retry layer: the core restarts the backend's stream with the same ResumePoint, which
+    carries where the last run left off; once the coordinator closes, no restart."""
+    coordination.register("flaky", _Flaky)
+    try:
+        async with coordination.connect(f"flaky://t-{uuid.uuid4().hex[:8]}") as coord:
+            backend = coord._engine.backend
+            assert isinstance(backend, _Flaky)
+            backend.seen = []
+            versions = []
+            async with aclosing(coord.config("k").watch()) as items:
+                async for item in items:
+                    assert item is not None
+                    versions.append(item.version)
+                    if len(versions) == 3:
+                        break
+        assert versions == [1, 2, 3]
+        assert [position for _, position in backend.seen] == [None, 1, 2]
+        assert len({identity for identity, _ in backend.seen}) == 1, "a new ResumePoint per restart"
+    finally:
+        coordination.unregister("flaky")

@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 import coordination
 from coordination import Capability, Coordinator, SessionState, Versioned
 from coordination._url import parse_url
-from coordination.abc import HISTORY_RESET, HistoryReset
+from coordination.abc import HISTORY_RESET, HistoryReset, ResumePoint
 
 from .holder import HolderEvent, HolderProcess
 from .plugin import CAPABILITY_SKIP_PREFIX, FIXTURE_CAPABILITY, NOT_RUN_PREFIX, timeout_multiplier
@@ -100,10 +100,10 @@ class WatchTap:
         backend = coord._engine.backend
         original = backend.watch
 
-        async def watch(key: str) -> AsyncIterator[Versioned | HistoryReset | None]:
+        async def watch(key: str, resume: ResumePoint) -> AsyncIterator[Versioned | HistoryReset | None]:
             items: list[Versioned | HistoryReset | None] = []
             self.streams.append(items)
-            stream = original(key)
+            stream = original(key, resume)
             try:
                 async for item in stream:
                     items.append(item)

@@ -17,6 +17,7 @@ from coordination.abc import (
     HistoryReset,
     Option,
     ParsedURL,
+    ResumePoint,
     SessionMonitor,
 )
 from coordination.capabilities import Capability
@@ -226,7 +227,7 @@ class ConsulBackend(Backend):
         pair, _ = await read_key(self.http, lock_key("election", name), 0, self.timeout)
         return self._leader(pair)
 
-    async def observe(self, name: str) -> AsyncGenerator[Leader | None, None]:
+    async def observe(self, name: str, resume: ResumePoint) -> AsyncGenerator[Leader | None, None]:
         # A blocking query may return without a change; the core drops repeats.
         key, http, index = lock_key("election", name), self.http, 0
         while True:
@@ -267,7 +268,9 @@ class ConsulBackend(Backend):
             refusal(outcome, f"to delete {key!r}")  # "doesn't exist": nothing deleted
         return outcome.ok
 
-    async def watch(self, key: str) -> AsyncGenerator[Versioned | HistoryReset | None, None]:
+    async def watch(
+        self, key: str, resume: ResumePoint
+    ) -> AsyncGenerator[Versioned | HistoryReset | None, None]:
         # A blocking query may return without a change; the core drops what is not newer.
         http, index = self.http, 0
         while True:

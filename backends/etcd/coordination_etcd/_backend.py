@@ -21,12 +21,12 @@ from coordination.abc import (
     Backend,
     Option,
     ParsedURL,
+    ResumePoint,
     SessionMonitor,
 )
 from coordination.exceptions import (
     InvalidName,
     InvalidURL,
-    OperationTimeout,
     SessionExpired,
     Unavailable,
 )
@@ -159,11 +159,6 @@ class EtcdBackend(Backend):
             raise RuntimeError("the etcd backend is not open")
         return self._client
 
-    def _check_open(self, client: EtcdClient) -> None:
-        """A watch retries a broken stream while its connection is open, and no longer."""
-        if self._client is not client:
-            raise Unavailable("the etcd connection was closed")
-
     async def open(self) -> None:
         self._targets, first_host = await self._target()
         credentials = await self._credentials() if self._tls else None
@@ -269,52 +264,49 @@ class EtcdBackend(Backend):
         kv, _ = await edge_contender(self.client, name.encode() + b"/")
         return Leader(kv.value, kv.create_revision) if kv else None
 
-    async def observe(self, name: str) -> AsyncIterator[Leader | None]:
+    async def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:
         """Follow the leader key only, as etcd's ``Election.Observe`` does.
 
         With no leader, watch the prefix for the first contender written; with one, watch
-        its key: a put is a proclaim, a delete means read again.
+        its key: a put is a proclaim, a delete means read again. ``resume.position`` is the
+        revision to watch from, with the leader key as of it (``None``: read first).
         """
         client, prefix = self.client, name.encode() + b"/"
-        leader: KeyValue | None = None
-        resume = 0  # 0: read first; else the revision to watch from
-        delay = _Backoff()
+        leader: KeyValue | None
         while True:
+            if resume.position is None:
+                leader, revision = await edge_contender(client, prefix)
+                resume.position = (revision + 1, leader)
+                yield Leader(leader.value, leader.create_revision) if leader else None
+            start, leader = resume.position
             try:
-                if not resume:
-                    leader, revision = await edge_contender(client, prefix)
-                    resume = revision + 1
-                    yield Leader(leader.value, leader.create_revision) if leader else None
                 if leader is None:
-                    async with client.watch(prefix, prefix=True, start_revision=resume) as events:
+                    async with client.watch(prefix, prefix=True, start_revision=start) as events:
                         async for batch in events:
                             for event in batch:
-                                resume = event.kv.mod_revision + 1
+                                resume.position = (event.kv.mod_revision + 1, None)
                                 if event.type == PUT and is_contender(event.kv, prefix):
                                     leader = event.kv
                                     break
                             if leader is not None:
                                 break
                     assert leader is not None
+                    resume.position = (resume.position[0], leader)
                     yield Leader(leader.value, leader.create_revision)
                 else:
-                    async with client.watch(leader.key, start_revision=resume) as events:
+                    async with client.watch(leader.key, start_revision=start) as events:
                         async for batch in events:
                             for event in batch:
-                                resume = event.kv.mod_revision + 1
                                 if event.type == DELETE or event.kv.create_revision != leader.create_revision:
-                                    resume = 0
+                                    resume.position = None  # the leader went: read again
                                     break
                                 leader = event.kv
+                                resume.position = (event.kv.mod_revision + 1, leader)
                                 yield Leader(leader.value, leader.create_revision)
-                            if not resume:
+                            if resume.position is None:
                                 break
-                delay.reset()
             except Compacted:
-                resume = 0
-            except (Unavailable, OperationTimeout) as exc:
-                self._check_open(client)
-                await delay.wait(f"observing {name!r}", exc)
+                resume.position = None
 
     # -- config ----------------------------------------------------------------------------
 
@@ -334,43 +326,22 @@ class EtcdBackend(Backend):
     async def delete(self, key: str) -> bool:
         return await self.client.delete(key.encode()) > 0
 
-    async def watch(self, key: str) -> AsyncIterator[Versioned | None]:
-        """Every change of ``key``, from the revision after the last one seen (read again
-        when that revision was compacted away)."""
+    async def watch(self, key: str, resume: ResumePoint) -> AsyncIterator[Versioned | None]:
+        """Every change of ``key``, from ``resume.position``: the revision after the last one
+        seen (``None``: read first; read again when that revision was compacted away)."""
         client, k = self.client, key.encode()
-        resume = 0
-        delay = _Backoff()
         while True:
+            if resume.position is None:
+                reply = await client.range(range_request(k))
+                resume.position = reply.header.revision + 1
+                kv = reply.kvs[0] if reply.kvs else None
+                yield Versioned(kv.value, kv.mod_revision) if kv else None
             try:
-                if not resume:
-                    reply = await client.range(range_request(k))
-                    resume = reply.header.revision + 1
-                    kv = reply.kvs[0] if reply.kvs else None
-                    yield Versioned(kv.value, kv.mod_revision) if kv else None
-                async with client.watch(k, start_revision=resume) as events:
-                    delay.reset()
+                async with client.watch(k, start_revision=resume.position) as events:
                     async for batch in events:
                         for event in batch:
-                            resume = event.kv.mod_revision + 1
+                            resume.position = event.kv.mod_revision + 1
                             kv = event.kv if event.type == PUT else None
                             yield Versioned(kv.value, kv.mod_revision) if kv else None
             except Compacted:
-                resume = 0
-            except (Unavailable, OperationTimeout) as exc:
-                self._check_open(client)
-                await delay.wait(f"watching {key!r}", exc)
-
-
-class _Backoff:
-    """Exponential pauses between attempts to re-establish a watch: 50 ms up to 2 s."""
-
-    def __init__(self) -> None:
-        self.delay = 0.05
-
-    def reset(self) -> None:
-        self.delay = 0.05
-
-    async def wait(self, what: str, exc: BaseException) -> None:
-        log.info("%s: %s; retrying in %.2fs", what, exc, self.delay)
-        await anyio.sleep(self.delay)
-        self.delay = min(self.delay * 2, 2.0)
+                resume.position = None

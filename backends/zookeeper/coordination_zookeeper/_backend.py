@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import anyio
 
 from coordination import Capability, Leader, Versioned
-from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, SessionMonitor
+from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, ResumePoint, SessionMonitor
 from coordination.exceptions import InvalidURL, Unsupported
 
 from ._client import (
@@ -170,7 +170,7 @@ class ZooKeeperBackend(Backend):
                 continue  # the leader just left: look again
             return Leader(data or b"", stat.czxid)
 
-    async def observe(self, name: str) -> AsyncIterator[Leader | None]:
+    async def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:
         parent = "/" + name
         client = self.client
         sync = True
@@ -293,7 +293,7 @@ class ZooKeeperBackend(Backend):
             except BadVersion:
                 continue
 
-    async def watch(self, key: str) -> AsyncIterator[Versioned | None]:
+    async def watch(self, key: str, resume: ResumePoint) -> AsyncIterator[Versioned | None]:
         path = "/" + key
         client = self.client
         sync = True

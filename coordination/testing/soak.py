@@ -122,9 +122,7 @@ them alive through the new leader (etcd-io/etcd#15247, #12528). etcd 3.5.11 and 
 leadership before revoking, but skip the check when the raft loop ticked in the last three
 ticks, which it does at once when a whole stopped process runs again; 3.5.35 (the test
 servers' etcd 3.5) still shows it. The holder learns within milliseconds (its key is deleted)
-but cannot know before; fencing refuses its writes once the next holder wrote. On Consul, a
-2-minute soak once showed an overlap at the same moment (a leader paused past the TTL running
-again), not diagnosed yet.
+but cannot know before; fencing refuses its writes once the next holder wrote.
 
 It runs on loopback only and stops by itself (Ctrl-C or SIGTERM stop it early, cleanly,
 with the figures so far). Times come from ``time.monotonic()`` in every process:

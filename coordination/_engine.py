@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._types import SessionState
 from ._url import default_identity
-from .abc import Backend, BackendSession, Kind, ResumePoint
+from .abc import Backend, BackendSession, Backoff, Kind, ResumePoint
 from .exceptions import (
     AcquireTimeout,
     CoordinationError,
@@ -35,7 +35,7 @@ from .exceptions import (
     Unavailable,
 )
 
-__all__ = ["Backoff", "Engine", "Holding", "Session", "reply_budget", "safety_margin"]
+__all__ = ["Engine", "Holding", "Session", "reply_budget", "safety_margin"]
 
 log = logging.getLogger("coordination")
 
@@ -54,23 +54,6 @@ def reply_budget(ttl: float, timeout: float) -> float:
     """How long a keepalive may go unanswered before the session counts as SUSPENDED and
     the keepalive is sent again, to another node: a fifth of the TTL (at most ``timeout``)."""
     return min(timeout, max(ttl / 5, 0.05))
-
-
-class Backoff:
-    """Pauses between retries, doubling from ``first`` up to ``longest`` seconds."""
-
-    def __init__(self, first: float = 0.05, longest: float = 2.0) -> None:
-        self.first = first
-        self.longest = longest
-        self.delay = first
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-    async def wait(self, at_most: float = math.inf) -> None:
-        """Pause for the current delay (but not longer than ``at_most``), then double it."""
-        await anyio.sleep(min(self.delay, at_most))
-        self.delay = min(self.delay * 2, self.longest)
 
 
 class Session:

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+
+import anyio
 
 from ._types import Leader, Versioned
 from ._url import COMMON_OPTIONS, TLS_OPTIONS, Option, ParsedURL
@@ -45,6 +48,7 @@ __all__ = [
     "TLS_OPTIONS",
     "Backend",
     "BackendSession",
+    "Backoff",
     "HistoryReset",
     "Kind",
     "Option",
@@ -69,6 +73,24 @@ class HistoryReset(enum.Enum):
 
 HISTORY_RESET = HistoryReset.HISTORY_RESET
 """Yielded by :meth:`Backend.watch` when the server's versions restarted lower."""
+
+
+class Backoff:
+    """Pauses between retries, doubling from ``first`` up to ``longest`` seconds: the one
+    backoff of the core (session reopening, withdraws, stream restarts), for backends too."""
+
+    def __init__(self, first: float = 0.05, longest: float = 2.0) -> None:
+        self.first = first
+        self.longest = longest
+        self.delay = first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    async def wait(self, at_most: float = math.inf) -> None:
+        """Pause for the current delay (but not longer than ``at_most``), then double it."""
+        await anyio.sleep(min(self.delay, at_most))
+        self.delay = min(self.delay * 2, self.longest)
 
 
 class ResumePoint:

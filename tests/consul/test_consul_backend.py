@@ -507,7 +507,8 @@ async def test_a_late_release_never_frees_a_later_holding_of_the_same_session(
     leader, and a release this client gave up on may still be applied after the session took
     the key again. Consul locks belong to sessions, so a release by session alone would free
     the later holding (a CI soak saw two holders so). Replayed verbatim after the second
-    acquisition, the first release must leave the second holding alone."""
+    acquisition, the first release must leave the second holding alone; a proclaim replayed
+    late must neither keep the first holding from being released nor rewrite the second."""
     async with (
         coordination.connect(consul_url, **OPTIONS) as a,
         coordination.connect(consul_url, **OPTIONS) as b,
@@ -517,10 +518,13 @@ async def test_a_late_release_never_frees_a_later_holding_of_the_same_session(
         http = backend.http
         txn = http.txn
         releases: list[list[dict[str, Any]]] = []
+        proclaims: list[list[dict[str, Any]]] = []
 
         async def recording(ops: list[dict[str, Any]], what: str) -> Any:
             if what.startswith("to release"):
                 releases.append(ops)
+            if what.startswith("to proclaim"):
+                proclaims.append(ops)
             return await txn(ops, what)
 
         http.txn = recording  # type: ignore[method-assign]
@@ -532,18 +536,32 @@ async def test_a_late_release_never_frees_a_later_holding_of_the_same_session(
                 return await coord.election("late-release").campaign(b"v")
             return None
 
+        async def give_up(holding: Any) -> None:
+            await (holding.release() if kind == "lock" else holding.resign())
+
         first = await take(a)
         assert first is not None
         if kind == "election":
-            await first.proclaim(b"v2")  # a new version of the key: the release names that one
-        await (first.release() if kind == "lock" else first.resign())
+            await first.proclaim(b"v2")  # new versions of the key: the release names the last
+            await first.proclaim(b"v3")
+            await txn(proclaims[0], "to proclaim (replayed late)")  # the first came again, late
+        await give_up(first)
         assert releases, "no release was sent"
+        by_b = await take(b)
+        assert by_b is not None, "the first holding was not released"
+        await give_up(by_b)
         second = await take(a)
         assert second is not None
         for ops in releases:  # the first release, arriving late
             await txn(ops, "to release (replayed late)")
+        for ops in proclaims:  # the first term's proclaim, arriving late
+            await txn(ops, "to proclaim (replayed late)")
         assert await take(b) is None, "a late release of the first holding freed the second"
-        await (second.release() if kind == "lock" else second.resign())
+        if kind == "election":
+            leader = await b.election("late-release").leader()
+            assert leader is not None
+            assert leader.value == b"v", "a late proclaim of the first term rewrote the second's value"
+        await give_up(second)
         assert await take(b) is not None
 
 

@@ -162,7 +162,7 @@ async def test_tls_with_client_certificate_and_password(
 
 
 async def _open(url: str) -> None:
-    backend: Any = coordination.connect(url, ttl=3, timeout=5)._backend
+    backend: Any = coordination.connect(url, ttl=3, timeout=5)._engine.backend
     try:
         await backend.open()
         await backend.open_session(3.0, None)

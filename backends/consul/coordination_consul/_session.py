@@ -46,6 +46,8 @@ DEFAULT_PORT = 8500
 BLOCKING_WAIT = 15.0
 """Longest wait of one blocking query, in seconds (what Consul's own lock uses)."""
 _DELAY_RETRY = (0.05, 0.5)
+_VERSION_RETRIES = 5
+"""How often a release or proclaim looks again when the key's version moved on under it."""
 """First and longest pause between acquire attempts refused by a lock-delay, in seconds."""
 
 
@@ -284,30 +286,41 @@ class ConsulSession(BackendSession[_Contender]):
             return outcome
         raise Unavailable(f"Consul did not answer the lock of {contender.key!r} within {self._timeout:g}s")
 
+    async def _held_version(self, key: str) -> int | None:
+        """The ``ModifyIndex`` of ``key`` if this session holds it now (a consistent read)."""
+        pair, _ = await read_key(self._http, key, 0, self._timeout)
+        return pair.modify_index if pair is not None and pair.session == self.id else None
+
     async def _release(self, key: str, index: int | None) -> None:
-        """Release ``key`` if this session holds the version ``index`` of it, and delete it (as
-        ``consul lock`` does); with ``index`` None, whatever version this session holds now.
+        """Release ``key`` if this session holds it, and delete it (as ``consul lock`` does):
+        the version ``index`` of it (``None``: read which version this session holds).
 
         Only that version: Consul locks belong to sessions, not to contenders, and a release
         can reach the leader late (an agent holds requests while the servers elect a leader;
         one given up on by this client may still be applied). Deleting by session alone
         would then free a later holding of the same session; a ``delete-cas`` on the index
-        cannot, since every lock and proclaim writes a new ``ModifyIndex``.
+        cannot, since every lock and proclaim writes a new ``ModifyIndex``. If the version
+        moved on while this session still holds the key, a write of this contender's own came
+        late (a proclaim given up on): the callers run while the contender is first in its
+        session's queue, so any version the session holds is its own; look again.
         """
-        if index is None:
-            pair, _ = await read_key(self._http, key, 0, self._timeout)
-            if pair is None or pair.session != self.id:
-                return  # not held by this session (any more): nothing to do
-            index = pair.modify_index
-        outcome = await self._http.txn(
-            [
-                {"KV": {"Verb": "check-session", "Key": key, "Session": self.id}},
-                {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}},
-            ],
-            f"to release {key!r}",
-        )
-        if not outcome.ok:
-            refusal(outcome, f"to release {key!r}")  # not held, or not that version: nothing to do
+        for _ in range(_VERSION_RETRIES):
+            if index is None:
+                index = await self._held_version(key)
+                if index is None:
+                    return  # not held by this session (any more): nothing to do
+            outcome = await self._http.txn(
+                [
+                    {"KV": {"Verb": "check-session", "Key": key, "Session": self.id}},
+                    {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}},
+                ],
+                f"to release {key!r}",
+            )
+            if outcome.ok:
+                return
+            refusal(outcome, f"to release {key!r}")  # Unavailable unless a conflict or expiry
+            index = None  # not held, or another version of it: look again
+        raise Unavailable(f"the release of {key!r} met a newer version {_VERSION_RETRIES} times")
 
     async def withdraw(self, contender: _Contender) -> None:
         if contender.maybe_held:
@@ -324,28 +337,39 @@ class ConsulSession(BackendSession[_Contender]):
                 queue[0].turn.set()
 
     async def proclaim(self, contender: _Contender, value: bytes) -> None:
-        # Locking again with the same session rewrites the value and keeps LockIndex, so
-        # the token; check-session keeps it from taking a key it no longer holds. Until the
-        # answer, which version of the key is this contender's is unknown.
-        contender.index = None
-        outcome = await self._http.txn(
-            [
-                {"KV": {"Verb": "check-session", "Key": contender.key, "Session": self.id}},
-                {
-                    "KV": {
-                        "Verb": "lock",
-                        "Key": contender.key,
-                        "Value": b64(value),
-                        "Flags": LOCK_FLAG_VALUE,
-                        "Session": self.id,
-                    }
-                },
-            ],
-            f"to proclaim on {contender.key!r}",
-        )
-        if not outcome.ok:
-            if refusal(outcome, f"to proclaim on {contender.key!r}") == "expired":
+        # Locking again with the same session rewrites the value and keeps LockIndex, so the
+        # token; check-session keeps it from taking a key it no longer holds, and check-index
+        # from rewriting any version but this contender's (a proclaim that came late must not
+        # overwrite a later term of this session). Until the answer, which version of the key
+        # is this contender's is unknown.
+        key = contender.key
+        for _ in range(_VERSION_RETRIES):
+            index = contender.index if contender.index is not None else await self._held_version(key)
+            if index is None:
+                raise NotHeld(f"{key!r}: this session no longer holds the election key")
+            contender.index = None
+            outcome = await self._http.txn(
+                [
+                    {"KV": {"Verb": "check-session", "Key": key, "Session": self.id}},
+                    {"KV": {"Verb": "check-index", "Key": key, "Index": index}},
+                    {
+                        "KV": {
+                            "Verb": "lock",
+                            "Key": key,
+                            "Value": b64(value),
+                            "Flags": LOCK_FLAG_VALUE,
+                            "Session": self.id,
+                        }
+                    },
+                ],
+                f"to proclaim on {key!r}",
+            )
+            if outcome.ok:
+                contender.index = outcome.results[-1].modify_index
+                contender.value = value
+                return
+            if refusal(outcome, f"to proclaim on {key!r}") == "expired":
                 self._monitor.expired()
-            raise NotHeld(f"{contender.key!r}: this session no longer holds the election key")
-        contender.index = outcome.results[-1].modify_index
-        contender.value = value
+                raise NotHeld(f"{key!r}: this session no longer holds the election key")
+            # Not held, or another version: an earlier proclaim of this contender came late.
+        raise Unavailable(f"the proclaim on {key!r} met a newer version {_VERSION_RETRIES} times")

@@ -358,7 +358,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         def ended() -> bool:  # expired, replaced (renew=True), or closed
             return self.expired or self.session_id != sid or self.closing
 
-        attempt = timeout / 5  # five attempts fit in one operation timeout
+        attempt = timeout / 10  # each waits twice at most: five attempts fit in ``timeout``
         for _ in range(5):
             try:
                 await _attach_and_close(host, port, sid, self.password, attempt)
@@ -618,11 +618,15 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         return await self._send_now(*requests)
 
     def _write(self, requests: Iterable[Any]) -> tuple[Any, list[asyncio.Future[Any]]]:
+        """Send ``requests`` on the connection; their futures (errors raised as public ones)."""
         conn = self.conn
         futures = []
-        for request in requests:
-            self.xid = self.xid % 0x7FFFFFFF + 1
-            futures.append(conn.send(request, xid=self.xid))
+        try:
+            for request in requests:
+                self.xid = self.xid % 0x7FFFFFFF + 1
+                futures.append(conn.send(request, xid=self.xid))
+        except Exception as error:
+            raise_public(error)
         return conn, futures
 
     def _responses(self, conn: Any, results: list[Any]) -> list[Any]:
@@ -643,10 +647,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         return [response for _, response in results]
 
     async def _send_now(self, *requests: Any) -> list[Any]:
-        try:
-            conn, futures = self._write(requests)
-        except Exception as error:
-            raise_public(error)
+        conn, futures = self._write(requests)
         if len(futures) == 1:
             try:
                 results: list[Any] = [await futures[0]]
@@ -664,10 +665,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         One that is only slow (replies to earlier requests still arrive) is waited for.
         """
         await self.wait_connected()
-        try:
-            conn, (future,) = self._write([protocol.ExistsRequest(path="/", watch=False)])
-        except Exception as error:
-            raise_public(error)
+        conn, (future,) = self._write([protocol.ExistsRequest(path="/", watch=False)])
         try:
             while not future.done():
                 frames = conn.frames

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from coordination.abc import Backend, BackendSession, Kind, SessionMonitor
+from coordination.abc import Backend, BackendSession, Backoff, Kind, SessionMonitor
 from coordination.exceptions import NotHeld, SessionExpired, Unavailable
 
 from ._client import (
@@ -134,7 +134,7 @@ class ZooKeeperSession(BackendSession[Contender]):
         return contender
 
     async def _join(self, contender: Contender) -> None:
-        client = self.client
+        client, backoff = self.client, Backoff()
         while True:
             try:
                 if contender.uncertain and await self._find(contender):
@@ -156,9 +156,12 @@ class ZooKeeperSession(BackendSession[Contender]):
             except Unavailable:
                 if client.closing:
                     raise
-                # The connection dropped: a create sent may have been applied. Look for its
-                # node by the prefix (on the next connection) before creating again.
+                # The connection dropped (or the server answered with a transient error): a
+                # create sent may have been applied. Look for its node by the prefix (on the
+                # next connection) before creating again; still connected, pause first.
                 contender.uncertain = contender.sent
+                if client.connected:
+                    await backoff.wait()
                 continue
             contender.node, contender.token = path.rsplit("/", 1)[1], stat.czxid
             contender.listing = listing  # saves wait_owner a round trip

@@ -277,7 +277,10 @@ class ConsulSession(BackendSession[_Contender]):
         # Let the request finish even if the caller is cancelled: abandoned, it may still be
         # applied after the release that withdraw() sends on another connection, and leave the
         # key held by this live session with no contender to release it. Bounded: if no
-        # answer comes in time, withdraw() releases whatever the outcome was.
+        # answer comes in time, withdraw() releases what the session holds of the key then.
+        # A lock applied later still (an agent holding it through a leader election) leaves
+        # the key held until this session's next contender of it frees it, or the session
+        # ends: a delay for others, never a second holder.
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
             outcome = await self._http.txn([{"KV": guard}, {"KV": lock}], f"to lock {contender.key!r}")
             contender.maybe_held = outcome.ok

@@ -87,6 +87,7 @@ import coordination
 from coordination import HeldLock, Leadership, LeadershipLost, LockLost
 
 from .fenced import FencedClient
+from .servers import wait_stopped
 
 __all__ = ["HolderEvent", "HolderProcess", "Span", "main", "parse_event", "read_spans"]
 
@@ -512,9 +513,11 @@ class HolderProcess:
                 self.process.send_signal(signum)
 
     def pause(self) -> None:
-        """SIGSTOP the holder."""
+        """SIGSTOP the holder; returns once all its threads have stopped."""
         self._signal(signal.SIGSTOP)
         self.paused = True
+        if self.process.returncode is None:
+            wait_stopped(self.process.pid)
 
     def resume(self) -> None:
         """SIGCONT the holder."""

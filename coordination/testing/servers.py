@@ -99,6 +99,30 @@ _DEBIAN_JAVA_DIR = Path("/usr/share/java")
 _POLL_INTERVAL = 0.05
 
 
+
+def wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until every thread of process ``pid`` is stopped (after SIGSTOP).
+
+    ``kill()`` returns before the signal has reached every thread; a test that pauses a
+    server and then expects no answer must not race the threads still running. Reads
+    ``/proc``; where there is none (not Linux) it returns at once."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        running = []
+        for stat in tasks.glob("*/stat"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                state = stat.read_text().rpartition(")")[2].split()[0]
+                if state not in ("T", "t", "Z", "X"):
+                    running.append(stat.parent.name)
+        if not running:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid}: threads {running} still run {timeout:g}s after SIGSTOP")
+        time.sleep(0.001)
+
 class ServerNotInstalled(RuntimeError):
     """A server binary (or the runtime it needs) is not on this machine."""
 
@@ -523,9 +547,14 @@ class ServerProcess(abc.ABC):
         return proc.returncode
 
     def pause(self) -> None:
-        """SIGSTOP: the server freezes; its sockets stay open but nothing is answered."""
+        """SIGSTOP: the server freezes; its sockets stay open but nothing is answered.
+
+        Returns once every thread of the server has stopped (a signal is delivered
+        asynchronously: a thread on the other core could still answer a request)."""
         self._signal(signal.SIGSTOP)
         self._paused = True
+        assert self._proc is not None
+        wait_stopped(self._proc.pid)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""

@@ -99,7 +99,6 @@ _DEBIAN_JAVA_DIR = Path("/usr/share/java")
 _POLL_INTERVAL = 0.05
 
 
-
 def wait_stopped(pid: int, timeout: float = 5.0) -> None:
     """Wait until every thread of process ``pid`` is stopped (after SIGSTOP).
 
@@ -122,6 +121,7 @@ def wait_stopped(pid: int, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"process {pid}: threads {running} still run {timeout:g}s after SIGSTOP")
         time.sleep(0.001)
+
 
 class ServerNotInstalled(RuntimeError):
     """A server binary (or the runtime it needs) is not on this machine."""

@@ -105,6 +105,22 @@ class Coordinator:
         engine.check_open()
         await engine.call(engine.backend.expire_session(session_id), f"expiring session {session_id}")
 
+    @property
+    def deadline(self) -> float | None:
+        """Until when (on :func:`time.monotonic`'s clock) the current session's locks and
+        leaderships are certainly this coordinator's: the send time of the last acknowledged
+        keepalive plus the TTL, less a safety margin. The body of a holding is cancelled once
+        it passes without a newer keepalive; ``None`` before the first session."""
+        session = self._engine.session
+        return None if session is None else session.deadline
+
+    @property
+    def driver(self) -> Backend:
+        """The :class:`coordination.abc.Backend` this coordinator drives: for a backend's
+        own tests and the conformance suite (wake-up counts, its raw watch streams), not for
+        applications."""
+        return self._engine.backend
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Coordinator:

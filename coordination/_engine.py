@@ -35,7 +35,7 @@ from .exceptions import (
     Unavailable,
 )
 
-__all__ = ["Engine", "Holding", "Session", "reply_budget", "safety_margin"]
+__all__ = ["Contender", "Engine", "Holding", "Session", "reply_budget", "safety_margin"]
 
 log = logging.getLogger("coordination")
 
@@ -67,6 +67,33 @@ class Session:
         self.lost_reason = ""
         self.holdings: set[Holding] = set()
         self.ops: set[anyio.CancelScope] = set()
+        self.turns: dict[str, list[Contender]] = {}
+        """Per slot (``BackendSession.slot``), this session's contenders in arrival order;
+        the first one is on the server, the others wait for their turn."""
+
+    def queue_up(self, slot: str | None) -> Contender:
+        """A new contender, in turn for ``slot`` behind this session's others there."""
+        contender = Contender(slot)
+        if slot is None:
+            contender.turn.set()
+            return contender
+        queue = self.turns.setdefault(slot, [])
+        queue.append(contender)
+        if len(queue) == 1:
+            contender.turn.set()
+        return contender
+
+    def pass_turn(self, contender: Contender) -> None:
+        """``contender`` has left the server (or never got there): the next one's turn."""
+        queue = self.turns.get(contender.slot or "")
+        if queue is None or contender not in queue:
+            return
+        first = queue[0] is contender
+        queue.remove(contender)
+        if not queue:
+            del self.turns[contender.slot or ""]
+        elif first:
+            queue[0].turn.set()
 
     @property
     def bs(self) -> BackendSession[Any]:
@@ -124,6 +151,18 @@ class Session:
         self.lose("the server expired the session")
 
 
+class Contender:
+    """A contender as the engine sees it: its turn in the session, and the backend's own
+    contender (``handle``) once it is on the server."""
+
+    __slots__ = ("handle", "slot", "turn")
+
+    def __init__(self, slot: str | None) -> None:
+        self.slot = slot
+        self.turn = anyio.Event()
+        self.handle: Any = None
+
+
 class Holding:
     """What HeldLock and Leadership share: a token, loss tracking and the guarded body."""
 
@@ -131,7 +170,7 @@ class Holding:
     _lost_error: ClassVar[type[LockLost | LeadershipLost]]
 
     def __init__(
-        self, engine: Engine, session: Session, contender: Any, name: str, token: int, value: bytes
+        self, engine: Engine, session: Session, contender: Contender, name: str, token: int, value: bytes
     ) -> None:
         self._engine = engine
         self._session = session
@@ -199,6 +238,13 @@ class Holding:
         self._ended.set()
         self._session.holdings.discard(self)
         await self._engine.withdraw(self._session, self._contender)
+
+    async def _proclaim(self, value: bytes) -> None:
+        """Replace the value on the server (an election's leader value), keeping the token."""
+        self._check_held()
+        await self._engine.call(
+            self._session.bs.proclaim(self._contender.handle, value), f"proclaiming on {self.name!r}"
+        )
 
     # -- the guarded ``async with`` body ---------------------------------------------------
 
@@ -305,6 +351,7 @@ class Engine:
         self._ready, self._supervisor = anyio.Event(), anyio.CancelScope()
         tg = anyio.create_task_group()
         await tg.__aenter__()
+        self._backend.background = tg
         try:
             session = await self._connect()
         except BaseException:
@@ -617,18 +664,21 @@ class Engine:
         holding: type[H],
     ) -> H | None:
         """One try on one session; ``None`` if not owner (or the session was lost)."""
-        contender: Any = None
+        bs = session.bs
+        contender: Contender | None = None
         scope = anyio.CancelScope()
         session.ops.add(scope)
         try:
             with scope:
-                contender = await self.call(session.bs.enqueue(kind, key, value), f"joining {kind} {key!r}")
-                if blocking:
-                    token = await session.bs.wait_owner(contender, blocking=True)
-                else:
-                    token = await self.call(
-                        session.bs.wait_owner(contender, blocking=False), f"checking {kind} {key!r}"
-                    )
+                contender = session.queue_up(bs.slot(kind, key))
+                if not contender.turn.is_set():
+                    if not blocking:
+                        return None  # another contender of this session is ahead
+                    await contender.turn.wait()
+                queued = await self.call(bs.enqueue(kind, key, value), f"joining {kind} {key!r}")
+                contender.handle, token = queued
+                if token is None and blocking:
+                    token = await bs.wait_owner(contender.handle)
                 if token is not None and session.live():
                     # Cancelled while the backend finished the grant: the caller will not get
                     # this lock, so it must not be kept (the finally below withdraws it).
@@ -645,39 +695,47 @@ class Engine:
                 await self.withdraw(session, contender)
         return None
 
-    async def withdraw(self, session: Session, contender: Any) -> None:
+    async def withdraw(self, session: Session, contender: Contender) -> None:
         """Withdraw a contender now, trying again through a reconnect for up to the operation
-        timeout; if the backend is still unreachable, keep trying in the background."""
+        timeout; if the backend is still unreachable, keep trying in the background. The
+        session's next contender for the same slot gets its turn once this one is gone."""
+        if contender.handle is None:  # never reached the server (enqueue cleans up after itself)
+            session.pass_turn(contender)
+            return
         with anyio.CancelScope(shield=True):
             deadline, backoff = time.monotonic() + self._timeout, Backoff()
             while True:
                 try:
                     with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
-                        await session.bs.withdraw(contender)
-                    return
+                        await session.bs.withdraw(contender.handle)
+                    break
                 except SessionExpired:
-                    return
+                    break
                 except (*_TRANSIENT, TimeoutError) as exc:
                     if session.lost.is_set() or self._tg is None:
-                        return
+                        break
                     remaining = deadline - time.monotonic()
                     if remaining <= backoff.delay:
                         log.info("withdraw failed, retrying in the background: %r", exc)
                         self._tg.start_soon(self._withdraw_later, session, contender)
                         return
                     await backoff.wait(at_most=remaining)
+            session.pass_turn(contender)
 
-    async def _withdraw_later(self, session: Session, contender: Any) -> None:
+    async def _withdraw_later(self, session: Session, contender: Contender) -> None:
         backoff = Backoff(first=0.1)
-        while not session.lost.is_set():
-            await backoff.wait()
-            try:
-                await self.call(session.bs.withdraw(contender), "withdrawing")
-                return
-            except SessionExpired:
-                return
-            except _TRANSIENT:
-                pass
+        try:
+            while not session.lost.is_set():
+                await backoff.wait()
+                try:
+                    await self.call(session.bs.withdraw(contender.handle), "withdrawing")
+                    return
+                except SessionExpired:
+                    return
+                except _TRANSIENT:
+                    pass
+        finally:
+            session.pass_turn(contender)
 
     async def stream(self, factory: Callable[[ResumePoint], AsyncIterator[T]], what: str) -> AsyncIterator[T]:
         """Iterate a backend stream, restarting it after a transient failure or a lost session,

@@ -33,12 +33,13 @@ import enum
 import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ._types import Leader, Versioned
-from ._url import COMMON_OPTIONS, TLS_OPTIONS, Option, ParsedURL
+from ._url import COMMON_OPTIONS, TLS_OPTIONS, Option, ParsedURL, parse_url
 from .capabilities import Capability
 from .exceptions import CoordinationError, Unsupported
 
@@ -53,16 +54,19 @@ __all__ = [
     "Kind",
     "Option",
     "ParsedURL",
+    "Queued",
     "ResumePoint",
     "SessionMonitor",
     "map_errors",
     "mapped_error",
+    "parse_url",
 ]
 
 Kind = Literal["lock", "election"]
 """Which primitive a contender queue belongs to. Backends may lay both out the same way."""
 
 ContenderT = TypeVar("ContenderT")
+ClientT = TypeVar("ClientT")
 
 
 class HistoryReset(enum.Enum):
@@ -111,6 +115,14 @@ class ResumePoint:
 
     def __repr__(self) -> str:
         return f"<ResumePoint {self.position!r}>"
+
+
+class Queued(NamedTuple, Generic[ContenderT]):
+    """What :meth:`BackendSession.enqueue` returns: the contender, and its fencing token if
+    it was first in the queue as it joined (``None``: another contender was ahead)."""
+
+    contender: ContenderT
+    token: int | None
 
 
 class SessionMonitor(Protocol):
@@ -168,27 +180,43 @@ class BackendSession(ABC, Generic[ContenderT]):
         (the server expires the session at its TTL anyway).
         """
 
+    def slot(self, kind: Kind, name: str) -> str | None:
+        """Where on the server a contender of ``kind`` and ``name`` stands, if a session can
+        have only one contender there at a time; ``None`` (the default) if it can have many.
+
+        etcd's recipe gives a session one key per name (``<name>/<lease id>``) and Consul one
+        holding of a lock key per session, so two contenders of one session must not go to
+        the server for the same slot at once. The core queues them in the session, in
+        arrival order: it calls :meth:`enqueue` for the next one only once the one before
+        has been withdrawn. ZooKeeper (a sequential node each) and memory need no slot.
+        """
+        return None
+
     @abstractmethod
-    async def enqueue(self, kind: Kind, name: str, value: bytes) -> ContenderT:
-        """Join the contender queue of ``name``, bound to this session; return the contender.
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[ContenderT]:
+        """Join the contender queue of ``name``, bound to this session, and say whether the
+        new contender is first: its fencing token if so, ``None`` if another is ahead.
 
         For a lock ``value`` is the holder identity; for an election it is the candidate's
-        value, which becomes the leader value. If this raises, it must leave no contender
-        behind (a lost reply to the create must not leave an orphan that blocks others).
-        """
-
-    @abstractmethod
-    async def wait_owner(self, contender: ContenderT, *, blocking: bool) -> int | None:
-        """Return the fencing token once ``contender`` is first in its queue.
-
-        With ``blocking=False`` return ``None`` at once if another contender is ahead.
-        Waiting must be driven by a watch on the contender just ahead (not by polling) and,
-        where the backend allows, wake only this waiter. The core cancels this call on a
-        timeout, on cancellation of the caller, and when the session is lost; it then calls
-        :meth:`withdraw`, so this method need not clean up.
+        value, which becomes the leader value. The contender is on the server when this
+        returns (a ``try_acquire`` is this call and, if another is ahead, :meth:`withdraw`).
+        If this raises, it must leave no contender behind (a lost reply to the create must
+        not leave an orphan that blocks others).
 
         The token is an integer that strictly increases across successive owners of
         ``name``. Raises :class:`~coordination.SessionExpired` if the session is gone.
+        """
+
+    @abstractmethod
+    async def wait_owner(self, contender: ContenderT) -> int:
+        """Wait until ``contender`` (which :meth:`enqueue` found behind another) is first in
+        its queue; return its fencing token.
+
+        Waiting must be driven by a watch on the contender just ahead (not by polling) and,
+        where the backend allows, wake only this waiter. The core cancels this call on a
+        timeout, on cancellation of the caller, and when the session is lost; it then calls
+        :meth:`withdraw`, so this method need not clean up. Raises
+        :class:`~coordination.SessionExpired` if the session is gone.
         """
 
     @abstractmethod
@@ -233,6 +261,13 @@ class Backend(ABC):
     watch from a poll and one wake-up per release from a herd; ``None`` (the default): not
     counted, and the suite reports that it cannot check either."""
 
+    background: TaskGroup | None = None
+    """Where the backend runs background tasks of its own (a connection's read loop, a
+    reconnect loop): the coordinator's task group, set by the core before :meth:`open` and
+    cancelled after :meth:`aclose` returns. A task there ends when its client closes and
+    never raises (an error would end the coordinator): catch and log. Reach it with
+    ``self.opened(self.background)``."""
+
     def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
         self.url = url
         self.settings = dict(options)
@@ -243,6 +278,19 @@ class Backend(ABC):
         if self.wakeups is None:
             raise RuntimeError(f"{type(self).__name__} counts wake-ups: set self.wakeups = 0 in __init__")
         self.wakeups += 1
+
+    def opened(self, client: ClientT | None) -> ClientT:
+        """``client`` (whatever :meth:`open` made), or the one error for a backend used
+        before :meth:`open` or after :meth:`aclose`. The core never does that (it checks the
+        coordinator is open before any call); a backend's own property uses this::
+
+            @property
+            def client(self) -> EtcdClient:
+                return self.opened(self._client)
+        """
+        if client is None:
+            raise RuntimeError(f"the {type(self).__name__} is not open (open() first; not after aclose())")
+        return client
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect the client. Raise :class:`~coordination.Unavailable` if unreachable."""

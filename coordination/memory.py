@@ -38,7 +38,7 @@ import anyio
 
 from ._types import Leader, Versioned
 from ._url import ParsedURL
-from .abc import Backend, BackendSession, Kind, ResumePoint, SessionMonitor
+from .abc import Backend, BackendSession, Kind, Queued, ResumePoint, SessionMonitor
 from .capabilities import Capability
 from .exceptions import InvalidURL, NotHeld, SessionExpired
 
@@ -197,7 +197,7 @@ class _MemorySession(BackendSession[_Contender]):
         if self.store.sessions.get(self.id) is self:
             self.store._end(self)
 
-    async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[_Contender]:
         await anyio.lowlevel.checkpoint()
         self._check()
         contender = _Contender(self, kind, name, value, self.store.next_revision())
@@ -206,9 +206,10 @@ class _MemorySession(BackendSession[_Contender]):
         self.contenders.add(contender)
         if len(queue) == 1:
             self.store.changes.notify((kind, name))
-        return contender
+            return Queued(contender, contender.revision)
+        return Queued(contender, None)
 
-    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+    async def wait_owner(self, contender: _Contender) -> int:
         store = self.store
         await anyio.lowlevel.checkpoint()
         while True:
@@ -217,8 +218,6 @@ class _MemorySession(BackendSession[_Contender]):
             position = queue.index(contender)
             if position == 0:
                 return contender.revision
-            if not blocking:
-                return None
             ahead = queue[position - 1]
             # Woken only by the contender just ahead leaving: released, withdrawn, or its
             # session's TTL run out. That expiry is checked here as a server would check it,
@@ -262,9 +261,7 @@ class MemoryBackend(Backend):
     @property
     def store(self) -> MemoryStore:
         """The shared store (available once the connection is open)."""
-        if self._store is None:
-            raise RuntimeError("the memory backend is not open")
-        return self._store
+        return self.opened(self._store)
 
     async def open(self) -> None:
         self._store = MemoryStore.attach(self.store_name)

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from ._engine import Engine, Holding, Session
+from ._engine import Contender, Engine, Holding, Session
 from ._names import validate_value
 from ._types import Leader, Versioned
 from .abc import HISTORY_RESET
@@ -44,7 +44,7 @@ class Leadership(Holding):
     _lost_error = LeadershipLost
 
     def __init__(
-        self, engine: Engine, session: Session, contender: Any, name: str, token: int, value: bytes
+        self, engine: Engine, session: Session, contender: Contender, name: str, token: int, value: bytes
     ) -> None:
         super().__init__(engine, session, contender, name, token, value)
         self.value = value
@@ -57,10 +57,7 @@ class Leadership(Holding):
         :class:`~coordination.NotHeld` after :meth:`resign`.
         """
         value = validate_value(value)
-        self._check_held()
-        await self._engine.call(
-            self._session.bs.proclaim(self._contender, value), f"proclaiming on {self.name!r}"
-        )
+        await self._proclaim(value)
         self.value = value
 
     async def resign(self) -> None:

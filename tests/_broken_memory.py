@@ -20,7 +20,7 @@ import pytest
 
 import coordination
 from coordination import Versioned
-from coordination.abc import Kind, ResumePoint
+from coordination.abc import Kind, Queued, ResumePoint
 from coordination.memory import MemoryBackend, _Contender, _MemorySession
 from coordination.testing import CoordinationFixtures, Harness
 
@@ -45,15 +45,13 @@ class _Variant(MemoryBackend):
 class _PollingSession(_MemorySession):
     backend: PollingBackend
 
-    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+    async def wait_owner(self, contender: _Contender) -> int:
         await anyio.lowlevel.checkpoint()
         while True:
             self._check()
             queue = self.store.queues[(contender.kind, contender.name)]
             if queue.index(contender) == 0:
                 return contender.revision
-            if not blocking:
-                return None
             await anyio.sleep(self.backend.poll_interval)
             self.backend.wakeups += 1  # it woke up to look again
 
@@ -83,7 +81,7 @@ class Poll2sBackend(PollingBackend):
 
 
 class _HerdSession(_MemorySession):
-    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+    async def wait_owner(self, contender: _Contender) -> int:
         store, key = self.store, (contender.kind, contender.name)
         await anyio.lowlevel.checkpoint()
         while True:
@@ -92,8 +90,6 @@ class _HerdSession(_MemorySession):
             queue = store.queues[key]
             if queue[0] is contender:
                 return contender.revision
-            if not blocking:
-                return None
             with anyio.move_on_after(store.ttl_left(queue[0])):
                 await changed.wait()
             if changed.is_set():
@@ -112,10 +108,10 @@ class HerdBackend(_Variant):
 
 
 class _ConstantTokenSession(_MemorySession):
-    async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
-        contender = await super().enqueue(kind, name, value)
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[_Contender]:
+        contender, token = await super().enqueue(kind, name, value)
         contender.revision = 1  # every holder of every name: token 1
-        return contender
+        return Queued(contender, None if token is None else contender.revision)
 
 
 class ConstantTokenBackend(_Variant):
@@ -126,10 +122,10 @@ class ConstantTokenBackend(_Variant):
 
 
 class _SessionTokenSession(_MemorySession):
-    async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
-        contender = await super().enqueue(kind, name, value)
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[_Contender]:
+        contender, token = await super().enqueue(kind, name, value)
         contender.revision = int(self.id.rsplit("-", 1)[1])  # the session's number, like a lease id
-        return contender
+        return Queued(contender, None if token is None else contender.revision)
 
 
 class SessionTokenBackend(_Variant):
@@ -164,7 +160,13 @@ class NoWithdrawBackend(_Variant):
 
 
 class _SecondInSession(_MemorySession):
-    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[_Contender]:
+        contender, token = await super().enqueue(kind, name, value)
+        if self.store.queues[(kind, name)].index(contender) <= 1:  # the bug, as below
+            return Queued(contender, contender.revision)
+        return Queued(contender, token)
+
+    async def wait_owner(self, contender: _Contender) -> int:
         store = self.store
         await anyio.lowlevel.checkpoint()
         while True:
@@ -173,8 +175,6 @@ class _SecondInSession(_MemorySession):
             position = queue.index(contender)
             if position <= 1:  # the bug: the first waiter counts as an owner too
                 return contender.revision
-            if not blocking:
-                return None
             ahead = queue[position - 2 : position]
             with anyio.move_on_after(min(store.ttl_left(c) for c in ahead)):
                 async with anyio.create_task_group() as tg:
@@ -225,20 +225,16 @@ class _DeafSession(_MemorySession):
     def _check(self) -> None:
         self.store.reap()  # ended or not, this session is answered as if alive
 
-    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
+    async def wait_owner(self, contender: _Contender) -> int:
         store = self.store
         await anyio.lowlevel.checkpoint()
         while True:
             queue = store.queues.get((contender.kind, contender.name), [])
             if contender not in queue:  # dropped with its ended session: nobody tells the waiter
-                if not blocking:
-                    return None
                 await anyio.sleep_forever()
             position = queue.index(contender)
             if position == 0:
                 return contender.revision
-            if not blocking:
-                return None
             ahead = queue[position - 1]
             with anyio.move_on_after(store.ttl_left(ahead)):
                 await ahead.gone.wait()
@@ -298,7 +294,7 @@ class BrokenMemoryFixtures(CoordinationFixtures):
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Contenders queued under the namespace, and sessions of ``session_ids`` still alive."""
         async with harness.session() as coord:
-            backend = coord._engine.backend
+            backend = coord.driver
             assert isinstance(backend, MemoryBackend)
             store = backend.store
             prefix = f"{coord.namespace}/"

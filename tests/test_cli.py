@@ -98,7 +98,7 @@ async def test_lost_lock_stops_the_command_and_exits_3(
                 tg.start_soon(run)
                 while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110 - another process
                     await anyio.sleep(0.02)
-                store = observer._engine.backend.store  # type: ignore[attr-defined]
+                store = observer.driver.store  # type: ignore[attr-defined]
                 (holder,) = [s for s in store.sessions if s != observer.session_id]
                 store.expire(holder)
     assert result == [cli.EXIT_LOST]

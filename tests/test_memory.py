@@ -15,7 +15,7 @@ import pytest
 
 import coordination
 from coordination import HeldLock, SessionState, Versioned
-from coordination.abc import HISTORY_RESET, HistoryReset, ResumePoint
+from coordination.abc import HISTORY_RESET, HistoryReset, Kind, Queued, ResumePoint
 from coordination.memory import MemoryBackend, MemoryStore, _MemorySession
 
 pytestmark = pytest.mark.asyncio
@@ -33,7 +33,7 @@ async def _until(check: Callable[[], bool], scaled: Callable[[float], float]) ->
 
 
 def _queue(coord: coordination.Coordinator, name: str) -> list[Any]:
-    store: MemoryStore = coord._engine.backend.store  # type: ignore[attr-defined]
+    store: MemoryStore = coord.driver.store  # type: ignore[attr-defined]
     return store.queues.get(("lock", name), [])
 
 
@@ -59,7 +59,7 @@ async def test_waiters_acquire_in_fifo_order(scaled: Callable[[float], float]) -
 
 def _wakeups(coords: list[coordination.Coordinator]) -> int:
     """The wake-ups counted by the waiters' backends (``Backend.wakeups``), summed."""
-    return sum(coord._engine.backend.wakeups or 0 for coord in coords)
+    return sum(coord.driver.wakeups or 0 for coord in coords)
 
 
 async def test_a_release_wakes_exactly_one_waiter(scaled: Callable[[float], float]) -> None:
@@ -69,7 +69,7 @@ async def test_a_release_wakes_exactly_one_waiter(scaled: Callable[[float], floa
     async with AsyncExitStack() as stack:
         holder = await stack.enter_async_context(coordination.connect(url, ttl=ttl))
         waiters = [await stack.enter_async_context(coordination.connect(url, ttl=ttl)) for _ in range(n)]
-        assert [w._engine.backend.wakeups for w in [holder, *waiters]] == [0] * (n + 1)
+        assert [w.driver.wakeups for w in [holder, *waiters]] == [0] * (n + 1)
         held = await holder.lock("herd").acquire()
         got: list[tuple[int, HeldLock]] = []
 
@@ -92,7 +92,7 @@ async def test_a_release_wakes_exactly_one_waiter(scaled: Callable[[float], floa
                 who, lock = got[turn]
                 assert who == turn, "FIFO"
                 await lock.release()
-        assert [w._engine.backend.wakeups for w in waiters] == [1] * n
+        assert [w.driver.wakeups for w in waiters] == [1] * n
 
 
 class _Stalling(MemoryBackend):
@@ -237,15 +237,15 @@ class _ShieldedGrant(MemoryBackend):
 
     async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
         session = await super().open_session(ttl, monitor)
-        wait_owner = session.wait_owner
+        enqueue = session.enqueue
 
-        async def shielded(contender: Any, *, blocking: bool) -> int | None:
-            token = await wait_owner(contender, blocking=blocking)
+        async def shielded(kind: Kind, name: str, value: bytes) -> Queued[Any]:
+            queued = await enqueue(kind, name, value)  # granted at once: the lock is free
             with anyio.CancelScope(shield=True):
                 await anyio.sleep(_ShieldedGrant.answer_after)  # the answer is on its way
-            return token
+            return queued
 
-        session.wait_owner = shielded  # type: ignore[method-assign]
+        session.enqueue = shielded  # type: ignore[method-assign]
         return session
 
 
@@ -306,7 +306,7 @@ async def test_a_session_granted_late_is_renewed_before_its_deadline() -> None:
 async def test_unrenewed_session_expires_at_its_ttl(scaled: Callable[[float], float]) -> None:
     url = _url()
     async with coordination.connect(url, ttl=0.5) as a, coordination.connect(url, ttl=0.5) as b:
-        store: MemoryStore = a._engine.backend.store  # type: ignore[attr-defined]
+        store: MemoryStore = a.driver.store  # type: ignore[attr-defined]
         held = await a.lock("ttl").acquire()
         session_id = a.session_id
         a._engine._supervisor.cancel()  # type: ignore[union-attr]  # a's keepalives stop, as if its process froze
@@ -360,7 +360,7 @@ async def test_store_is_shared_while_open_and_dropped_after() -> None:
 async def test_close_is_clean() -> None:
     url = _url()
     async with coordination.connect(url) as a:
-        store: MemoryStore = a._engine.backend.store  # type: ignore[attr-defined]
+        store: MemoryStore = a.driver.store  # type: ignore[attr-defined]
         async with coordination.connect(url) as b:
             await b.lock("x").acquire()
             await b.election("e").campaign(b"v")
@@ -434,7 +434,7 @@ async def test_a_session_granted_after_its_deadline_is_not_installed() -> None:
     _TooLateGrant.late = 1
     try:
         async with coordination.connect(f"toolate://t-{uuid.uuid4().hex[:8]}", ttl=0.5) as a:
-            store: MemoryStore = a._engine.backend.store  # type: ignore[attr-defined]
+            store: MemoryStore = a.driver.store  # type: ignore[attr-defined]
             # The late session was closed, never shown: the coordinator opened another.
             assert a.state is SessionState.CONNECTED
             assert a.session_id is not None
@@ -517,6 +517,8 @@ async def test_the_coordinator_offers_users_no_engine_methods() -> None:
             "backend",
             "capabilities",
             "config",
+            "deadline",
+            "driver",
             "election",
             "expire_session",
             "identity",
@@ -570,7 +572,7 @@ async def test_the_core_restarts_a_broken_stream_from_its_resume_point(
     coordination.register("flaky", _Flaky)
     try:
         async with coordination.connect(f"flaky://t-{uuid.uuid4().hex[:8]}") as coord:
-            backend = coord._engine.backend
+            backend = coord.driver
             assert isinstance(backend, _Flaky)
             backend.seen = []
             versions = []

@@ -27,7 +27,7 @@ class MemoryFixtures(CoordinationFixtures):
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Contenders queued under the namespace, and sessions of ``session_ids`` still alive."""
         async with harness.session() as coord:
-            backend = coord._engine.backend
+            backend = coord.driver
             assert isinstance(backend, MemoryBackend)
             store = backend.store
             prefix = f"{coord.namespace}/"

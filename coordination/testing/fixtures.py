@@ -21,8 +21,7 @@ from anyio.abc import TaskGroup
 
 import coordination
 from coordination import Capability, Coordinator, SessionState, Versioned
-from coordination._url import parse_url
-from coordination.abc import HISTORY_RESET, HistoryReset, ResumePoint
+from coordination.abc import HISTORY_RESET, HistoryReset, ResumePoint, parse_url
 
 from .holder import HolderEvent, HolderProcess
 from .plugin import CAPABILITY_SKIP_PREFIX, FIXTURE_CAPABILITY, NOT_RUN_PREFIX, timeout_multiplier
@@ -97,7 +96,7 @@ class WatchTap:
 
     def __init__(self, coord: Coordinator) -> None:
         self.streams: list[list[Versioned | HistoryReset | None]] = []
-        backend = coord._engine.backend
+        backend = coord.driver
         original = backend.watch
 
         async def watch(key: str, resume: ResumePoint) -> AsyncIterator[Versioned | HistoryReset | None]:
@@ -531,7 +530,7 @@ class CoordinationFixtures:
         default sums ``Backend.wakeups`` of each coordinator's backend; ``None`` when the
         backend does not count them (those checks are then reported as not run).
         """
-        counts = [coord._engine.backend.wakeups for coord in coords]
+        counts = [coord.driver.wakeups for coord in coords]
         return None if None in counts else sum(count or 0 for count in counts)
 
     def takeover_floor(self, options: dict[str, Any]) -> float:

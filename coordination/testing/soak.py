@@ -156,7 +156,7 @@ from urllib.parse import parse_qsl, urlencode
 import anyio
 from anyio.abc import TaskGroup
 
-from coordination._url import parse_url
+from coordination.abc import parse_url
 
 from .checker import Action, FencedResource, Window
 from .fenced import Decision, FencedProcess

@@ -168,9 +168,7 @@ class ConsulBackend(Backend):
     @property
     def http(self) -> ConsulClient:
         """The HTTP client (available while the connection is open)."""
-        if self._http is None:
-            raise RuntimeError("the Consul backend is not open")
-        return self._http
+        return self.opened(self._http)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:

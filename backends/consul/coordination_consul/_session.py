@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 
@@ -14,6 +14,7 @@ from coordination.abc import (
     Backend,
     BackendSession,
     Kind,
+    Queued,
     SessionMonitor,
 )
 from coordination.exceptions import (
@@ -46,9 +47,9 @@ DEFAULT_PORT = 8500
 BLOCKING_WAIT = 15.0
 """Longest wait of one blocking query, in seconds (what Consul's own lock uses)."""
 _DELAY_RETRY = (0.05, 0.5)
+"""First and longest pause between acquire attempts refused by a lock-delay, in seconds."""
 _VERSION_RETRIES = 5
 """How often a release or proclaim looks again when the key's version moved on under it."""
-"""First and longest pause between acquire attempts refused by a lock-delay, in seconds."""
 
 
 def lock_key(kind: Kind, name: str) -> str:
@@ -132,13 +133,15 @@ class _Contender:
     kind: Kind
     key: str
     value: bytes
-    turn: anyio.Event = field(default_factory=anyio.Event)
-    """Set once this is the first contender of its session for ``key`` (see ``enqueue``)."""
     maybe_held: bool = False
     """A lock request was sent and did not fail: this may hold the key."""
     index: int | None = None
     """The key's ``ModifyIndex`` as this contender's last write (lock, proclaim) left it;
     ``None`` when that write's outcome is unknown. A release deletes only that version."""
+    seen: KVPair | None = None
+    """The key as last read (``None``: absent, assumed before the first read)."""
+    seen_index: int = 0
+    """The index for the next blocking query on the key; 0 reads without blocking."""
 
 
 class ConsulSession(BackendSession[_Contender]):
@@ -164,10 +167,8 @@ class ConsulSession(BackendSession[_Contender]):
         self._backend = backend
         self._http = http
         self._monitor = monitor
-        # Consul locks belong to sessions, and a session may take a key it already holds.
-        # So within one session, only the first contender of a key goes to Consul; the
-        # others wait here, in order, until it has withdrawn.
-        self._queues: dict[str, list[_Contender]] = {}
+        # Contenders that may hold their key, for close() to release.
+        self._contenders: set[_Contender] = set()
 
     def __repr__(self) -> str:
         return f"<ConsulSession {self.id}>"
@@ -189,7 +190,7 @@ class ConsulSession(BackendSession[_Contender]):
         # What could not be released is kept for the next try (the core retries a lost
         # session's close); destroying the session frees it anyway, under the lock-delay.
         released = True
-        for contender in [c for queue in self._queues.values() for c in queue if c.maybe_held]:
+        for contender in [c for c in self._contenders if c.maybe_held]:
             try:
                 await self._release(contender.key, contender.index)
                 contender.maybe_held = False
@@ -197,25 +198,37 @@ class ConsulSession(BackendSession[_Contender]):
                 released = False
         await self._http.session_destroy(self.id)
         if released:
-            self._queues.clear()
+            self._contenders.clear()
 
-    async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
-        await anyio.lowlevel.checkpoint()
+    def slot(self, kind: Kind, name: str) -> str:
+        # Consul locks belong to sessions, and a session may take a key it already holds:
+        # the core sends one contender of this session per key at a time.
+        return lock_key(kind, name)
+
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[_Contender]:
         contender = _Contender(kind, lock_key(kind, name), value)
-        queue = self._queues.setdefault(contender.key, [])
-        queue.append(contender)
-        if len(queue) == 1:
-            contender.turn.set()
-        return contender
+        self._contenders.add(contender)
+        try:
+            token = await self._take(contender, blocking=False)
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+                try:
+                    await self.withdraw(contender)
+                except CoordinationError as error:  # close() releases it, or the session's end
+                    log.info("could not release %r after a failed lock: %r", contender.key, error)
+            raise
+        return Queued(contender, token)
 
-    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
-        if not contender.turn.is_set():
-            if not blocking:
-                return None
-            await contender.turn.wait()
+    async def wait_owner(self, contender: _Contender) -> int:
+        token = await self._take(contender, blocking=True)
+        assert token is not None
+        return token
+
+    async def _take(self, contender: _Contender, *, blocking: bool) -> int | None:
+        """Lock ``contender.key`` for this session; its token. Without ``blocking``, ``None``
+        once another holds it (the reads so far are kept for the blocking wait to go on from)."""
         key = contender.key
-        pair: KVPair | None = None  # what we last saw of the key (None: absent, assumed at first)
-        index = 0  # for the next blocking query; 0 reads without blocking
+        pair, index = contender.seen, contender.seen_index
         delay, longest_delay = _DELAY_RETRY
         tries = 0
         while True:
@@ -236,14 +249,16 @@ class ConsulSession(BackendSession[_Contender]):
                     # Every session is refused until the lock-delay of the last holder's
                     # invalidated session has passed; nothing to watch meanwhile.
                     if not blocking:
+                        contender.seen, contender.seen_index = pair, index
                         return None
                     await anyio.sleep(delay)
                     self._backend.woke()  # a poll: woken to try again
                     delay = min(delay * 2, longest_delay)
                     continue
-                if not blocking and tries >= 3:
-                    return None
                 index = 0  # the key changed since we looked: look again, now
+                if not blocking and tries >= 3:
+                    contender.seen, contender.seen_index = pair, index
+                    return None
             elif pair.session == self.id:
                 # Held by this session for no contender of it (a release that never got an
                 # answer): free it rather than inherit the previous holder's token.
@@ -251,6 +266,7 @@ class ConsulSession(BackendSession[_Contender]):
                 pair, index = None, 0
                 continue
             elif not blocking:
+                contender.seen, contender.seen_index = pair, index
                 return None
             blocking_query = index != 0  # else a plain read, still part of this look
             pair, index = await read_key(self._http, key, index, self._timeout)
@@ -304,8 +320,8 @@ class ConsulSession(BackendSession[_Contender]):
         would then free a later holding of the same session; a ``delete-cas`` on the index
         cannot, since every lock and proclaim writes a new ``ModifyIndex``. If the version
         moved on while this session still holds the key, a write of this contender's own came
-        late (a proclaim given up on): the callers run while the contender is first in its
-        session's queue, so any version the session holds is its own; look again.
+        late (a proclaim given up on): the callers run while the contender has its session's
+        turn for the key (``slot``), so any version the session holds is its own; look again.
         """
         for _ in range(_VERSION_RETRIES):
             if index is None:
@@ -327,17 +343,10 @@ class ConsulSession(BackendSession[_Contender]):
 
     async def withdraw(self, contender: _Contender) -> None:
         if contender.maybe_held:
-            # Unavailable: the core retries; we stay first.
+            # Unavailable: the core retries; the key stays this contender's turn meanwhile.
             await self._release(contender.key, contender.index)
             contender.maybe_held = False
-        queue = self._queues.get(contender.key, [])
-        if contender in queue:
-            first = queue[0] is contender
-            queue.remove(contender)
-            if not queue:
-                del self._queues[contender.key]
-            elif first:
-                queue[0].turn.set()
+        self._contenders.discard(contender)
 
     async def proclaim(self, contender: _Contender, value: bytes) -> None:
         # Locking again with the same session rewrites the value and keeps LockIndex, so the

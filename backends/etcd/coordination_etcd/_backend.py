@@ -155,9 +155,7 @@ class EtcdBackend(Backend):
 
     @property
     def client(self) -> EtcdClient:
-        if self._client is None:
-            raise RuntimeError("the etcd backend is not open")
-        return self._client
+        return self.opened(self._client)
 
     async def open(self) -> None:
         self._targets, first_host = await self._target()

@@ -14,6 +14,7 @@ from coordination.abc import (
     Backend,
     BackendSession,
     Kind,
+    Queued,
 )
 from coordination.exceptions import (
     CoordinationError,
@@ -50,50 +51,23 @@ def is_contender(kv: KeyValue, prefix: bytes) -> bool:
     return kv.lease != 0 and b"/" not in kv.key[len(prefix) :]
 
 
-class _Key:
-    """This session's key under one prefix, ``<prefix><lease id in hex>``, and who uses it.
+class _Contender:
+    """A lock or election contender of this session: its key ``<prefix><lease id in hex>``.
 
-    etcd's recipe gives a session one key per prefix, and a lock and an election of the same
-    name are one queue there. So, as etcd's ``Campaign`` does, a lock and an election of one
-    name in this session share the key. Two contenders of the same kind never share one
-    incarnation of it: the later one waits until the key is deleted, then writes it anew,
-    so its token (the create revision) is higher.
+    etcd's recipe gives a session one key per prefix, and a lock and an election of one
+    name are one queue there; so :meth:`EtcdSession.slot` is the name, and the core lets one
+    contender of the session use the key at a time. Each writes the key anew, so its token
+    (the create revision) is higher than the one before.
     """
 
-    __slots__ = ("closing", "guard", "key", "kinds", "prefix", "rev", "users", "waiting")
+    __slots__ = ("key", "prefix", "rev", "value")
 
-    def __init__(self, prefix: bytes, key: bytes) -> None:
+    def __init__(self, prefix: bytes, key: bytes, value: bytes) -> None:
         self.prefix = prefix
         self.key = key
+        self.value = value
         self.rev = 0
         """Create revision of the key as written now (the fencing token); 0: not written."""
-        self.users: set[_Contender] = set()
-        """Contenders on this incarnation of the key (at most one per kind)."""
-        self.kinds: set[Kind] = set()
-        """Kinds that have used this incarnation (a kind never uses one twice)."""
-        self.waiting: list[_Contender] = []
-        """Contenders waiting for the next incarnation, in arrival order."""
-        self.closing = False
-        """The last user is deleting the key: nobody may join."""
-        self.guard = anyio.Lock(fast_acquire=True)  # no extra event-loop round when it is free
-        """Held while the key is being written."""
-
-
-class _Contender:
-    """A lock or election contender of this session: a user of one :class:`_Key`."""
-
-    __slots__ = ("kind", "owner", "slot", "turn", "value", "written")
-
-    def __init__(self, kind: Kind, slot: _Key, value: bytes) -> None:
-        self.kind = kind
-        self.slot = slot
-        self.value = value
-        self.turn = anyio.Event()
-        """Set once this contender uses the key's current incarnation."""
-        self.written = False
-        """The key exists for this contender (written by it or by the other kind)."""
-        self.owner: bool | None = None
-        """What this contender's create transaction saw: first, behind another, or unknown."""
 
 
 class EtcdSession(BackendSession[_Contender]):
@@ -111,7 +85,6 @@ class EtcdSession(BackendSession[_Contender]):
         self.ttl = float(ttl)
         self.keepalive_interval = self.ttl / 3
         self._stream: KeepAliveStream | None = None
-        self._keys: dict[bytes, _Key] = {}
 
     async def keepalive(self) -> float:
         stream = self._stream
@@ -138,114 +111,79 @@ class EtcdSession(BackendSession[_Contender]):
 
     # -- the contender queue ---------------------------------------------------------------
 
-    async def enqueue(self, kind: Kind, name: str, value: bytes) -> _Contender:
+    def slot(self, kind: Kind, name: str) -> str:
+        return name  # one key per name and session, for locks and elections alike
+
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[_Contender]:
         prefix = name.encode() + b"/"
-        key = prefix + self.id.encode()
-        slot = self._keys.get(key)
-        if slot is None:
-            slot = self._keys[key] = _Key(prefix, key)
-        c = _Contender(kind, slot, value)
-        if slot.closing or kind in slot.kinds:
-            slot.waiting.append(c)
-            return c
-        self._use(c)
-        try:
-            await self._write(c)
-        except BaseException:
-            with (
-                anyio.CancelScope(shield=True),
-                anyio.move_on_after(self._client.timeout),
-                contextlib.suppress(CoordinationError),
-            ):
-                await self.withdraw(c)
-            self._leave(c)  # if that failed, the key is left to the lease (or to its next write)
-            raise
-        return c
-
-    def _use(self, c: _Contender) -> None:
-        c.slot.users.add(c)
-        c.slot.kinds.add(c.kind)
-        c.turn.set()
-
-    async def _write(self, c: _Contender) -> None:
-        """Make the key exist for ``c``: write it (etcd's ``tryAcquire``), or join it.
-
-        Writing is one transaction: if the key's create revision is 0 put it bound to the
-        lease, else get it; either way get the first key under the prefix by create revision.
-        """
-        slot = c.slot
-        async with slot.guard:
-            if slot.rev:
-                if c.kind == "election":  # the leader value; a lock joining keeps it
-                    await self._put_value(slot, c.value)
-                c.written = True
-                return
-            first = range_op(range_request(slot.prefix, prefix=True, order="first", limit=1, keys_only=True))
+        c = _Contender(prefix, prefix + self.id.encode(), value)
+        first = await self._write(c)
+        if first is None:  # the first key under the prefix is not a contender: look past it
             try:
-                while True:
-                    reply = await self._client.txn(
-                        [compare_create(slot.key, 0)],
-                        [put_op(slot.key, c.value, self.lease_id), first],
-                        [range_op(range_request(slot.key, keys_only=True))],
-                    )
-                    if reply.succeeded:
-                        slot.rev = reply.header.revision
-                        break
-                    # Left over from an attempt whose reply was lost. etcd's recipe would reuse it;
-                    # a fresh key keeps tokens strictly increasing for this session too.
-                    stale = reply.responses[0].response_range.kvs[0].create_revision
-                    await self._client.txn([compare_create(slot.key, stale)], [delete_op(slot.key)])
+                first = (await self._ahead(c))[0] is None
             except BaseException:
-                # The write may have happened even if its reply was lost: remove it, but only
-                # that incarnation of the key (by its create revision). A delete by name alone
-                # could be applied late, after a later attempt of this session wrote the key
-                # anew, and delete that. Should the lost write itself come later still, the
-                # next write of this key finds it and removes it (the loop above).
-                slot.rev = 0
                 with (
                     anyio.CancelScope(shield=True),
                     anyio.move_on_after(self._client.timeout),
                     contextlib.suppress(CoordinationError),
                 ):
-                    found = await self._client.range(range_request(slot.key), wait_for_ready=True)
-                    for kv in found.kvs:  # the key's name holds this session's lease: it is ours
-                        await self._client.txn(
-                            [compare_create(slot.key, kv.create_revision)],
-                            [delete_op(slot.key)],
-                            wait_for_ready=True,
-                        )
+                    await self.withdraw(c)
                 raise
-            c.written = True
-            heads = reply.responses[1].response_range.kvs
-            if heads and is_contender(heads[0], slot.prefix):
-                c.owner = heads[0].create_revision == slot.rev
+        return Queued(c, c.rev if first else None)
 
-    async def _put_value(self, slot: _Key, value: bytes) -> bool:
-        reply = await self._client.txn(
-            [compare_create(slot.key, slot.rev)], [put_op(slot.key, value, self.lease_id)]
-        )
-        return reply.succeeded
+    async def _write(self, c: _Contender) -> bool | None:
+        """Write ``c``'s key (etcd's ``tryAcquire``); whether it is first under its prefix
+        (``None``: the first key there is not a contender, so that read cannot tell).
 
-    async def wait_owner(self, contender: _Contender, *, blocking: bool) -> int | None:
-        c, slot = contender, contender.slot
-        if not c.written:
-            if not c.turn.is_set():
-                if not blocking:
-                    return None
-                await c.turn.wait()
-            await self._write(c)
-        if c.owner is not None:
-            owner, c.owner = c.owner, None  # only good right after the create
-            if owner:
-                return slot.rev
-            if not blocking:
-                return None
+        Writing is one transaction: if the key's create revision is 0 put it bound to the
+        lease, else get it; either way get the first key under the prefix by create revision.
+        """
+        first = range_op(range_request(c.prefix, prefix=True, order="first", limit=1, keys_only=True))
+        try:
+            while True:
+                reply = await self._client.txn(
+                    [compare_create(c.key, 0)],
+                    [put_op(c.key, c.value, self.lease_id), first],
+                    [range_op(range_request(c.key, keys_only=True))],
+                )
+                if reply.succeeded:
+                    c.rev = reply.header.revision
+                    break
+                # Left over from an attempt whose reply was lost. etcd's recipe would reuse it;
+                # a fresh key keeps tokens strictly increasing for this session too.
+                stale = reply.responses[0].response_range.kvs[0].create_revision
+                await self._client.txn([compare_create(c.key, stale)], [delete_op(c.key)])
+        except BaseException:
+            # The write may have happened even if its reply was lost: remove it, but only
+            # that incarnation of the key (by its create revision). A delete by name alone
+            # could be applied late, after a later attempt of this session wrote the key
+            # anew, and delete that. Should the lost write itself come later still, the
+            # next write of this key finds it and removes it (the loop above).
+            c.rev = 0
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self._client.timeout),
+                contextlib.suppress(CoordinationError),
+            ):
+                found = await self._client.range(range_request(c.key), wait_for_ready=True)
+                for kv in found.kvs:  # the key's name holds this session's lease: it is ours
+                    await self._client.txn(
+                        [compare_create(c.key, kv.create_revision)],
+                        [delete_op(c.key)],
+                        wait_for_ready=True,
+                    )
+            raise
+        heads = reply.responses[1].response_range.kvs
+        if heads and is_contender(heads[0], c.prefix):
+            return heads[0].create_revision == c.rev
+        return None
+
+    async def wait_owner(self, contender: _Contender) -> int:
+        c = contender
         while True:
-            ahead, ahead_rev, revision = await self._ahead(slot)
+            ahead, ahead_rev, revision = await self._ahead(c)
             if ahead is None:
-                return slot.rev
-            if not blocking:
-                return None
+                return c.rev
             # Wake only on the deletion of the key just ahead (etcd's waitDeletes). The watch
             # starts now, which keeps it in etcd's synced group (a watch from an older revision
             # waits for etcd's 100 ms catch-up loop); if anything was written since the read,
@@ -261,8 +199,8 @@ class EtcdSession(BackendSession[_Contender]):
                     if any(event.type == DELETE for event in batch):
                         break
 
-    async def _ahead(self, slot: _Key) -> tuple[bytes | None, int, int]:
-        """The contender created last before ``slot``'s key (None: it is first), that one's
+    async def _ahead(self, c: _Contender) -> tuple[bytes | None, int, int]:
+        """The contender created last before ``c``'s key (None: it is first), that one's
         create revision, and the revision of the read.
 
         Raises SessionExpired if the key itself is gone (its lease ended).
@@ -272,24 +210,24 @@ class EtcdSession(BackendSession[_Contender]):
             [
                 range_op(
                     range_request(
-                        slot.prefix,
+                        c.prefix,
                         prefix=True,
                         order="last",
                         limit=1,
                         keys_only=True,
-                        max_create_revision=slot.rev - 1,
+                        max_create_revision=c.rev - 1,
                     )
                 ),
-                range_op(range_request(slot.key, keys_only=True)),
+                range_op(range_request(c.key, keys_only=True)),
             ],
         )
         own = reply.responses[1].response_range.kvs
-        if not own or own[0].create_revision != slot.rev:
-            raise SessionExpired(f"the key {slot.key.decode()!r} of etcd lease {self.id} is gone")
+        if not own or own[0].create_revision != c.rev:
+            raise SessionExpired(f"the key {c.key.decode()!r} of etcd lease {self.id} is gone")
         kvs, revision = reply.responses[0].response_range.kvs, reply.header.revision
         kv = kvs[0] if kvs else None
-        if kv is not None and not is_contender(kv, slot.prefix):
-            kv, revision = await edge_contender(self._client, slot.prefix, before=slot.rev, keys_only=True)
+        if kv is not None and not is_contender(kv, c.prefix):
+            kv, revision = await edge_contender(self._client, c.prefix, before=c.rev, keys_only=True)
         if kv is None:
             return None, 0, revision
         return kv.key, kv.create_revision, revision
@@ -299,42 +237,21 @@ class EtcdSession(BackendSession[_Contender]):
         return bool(reply.kvs) and reply.kvs[0].create_revision == create_revision
 
     async def withdraw(self, contender: _Contender) -> None:
-        c, slot = contender, contender.slot
-        if c in slot.waiting:
-            slot.waiting.remove(c)
-            return
-        if c not in slot.users:
-            return
-        if slot.rev and len(slot.users) == 1:
-            slot.closing = True  # if the delete fails, nobody joins until a retry succeeds
-            await self._client.txn([compare_create(slot.key, slot.rev)], [delete_op(slot.key)])
-            slot.rev = 0
-        self._leave(c)
-
-    def _leave(self, c: _Contender) -> None:
-        """Drop ``c`` from its key; once nobody uses the key, the next waiters take turns."""
-        slot = c.slot
-        if c not in slot.users:
-            return
-        slot.users.discard(c)
-        if not slot.rev:
-            slot.kinds.discard(c.kind)
-        if slot.users:
-            return
-        slot.rev, slot.closing = 0, False
-        slot.kinds.clear()
-        for waiter in list(slot.waiting):
-            if waiter.kind not in slot.kinds:
-                slot.waiting.remove(waiter)
-                self._use(waiter)
-        if not slot.users:
-            del self._keys[slot.key]
+        c = contender
+        if c.rev:
+            await self._client.txn([compare_create(c.key, c.rev)], [delete_op(c.key)])
+            c.rev = 0
 
     async def proclaim(self, contender: _Contender, value: bytes) -> None:
-        slot = contender.slot
-        if contender not in slot.users or not slot.rev or not await self._put_value(slot, value):
-            raise NotHeld(f"{slot.key.decode()!r} is no longer in the election")
-        contender.value = value
+        c = contender
+        if c.rev:
+            reply = await self._client.txn(
+                [compare_create(c.key, c.rev)], [put_op(c.key, value, self.lease_id)]
+            )
+            if reply.succeeded:
+                c.value = value
+                return
+        raise NotHeld(f"{c.key.decode()!r} is no longer in the election")
 
 
 async def edge_contender(

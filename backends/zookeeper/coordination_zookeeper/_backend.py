@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 import anyio
+from anyio.abc import TaskGroup
 
 from coordination import Capability, Leader, Versioned
 from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, ResumePoint, SessionMonitor
@@ -110,12 +111,12 @@ class ZooKeeperBackend(Backend):
     @property
     def client(self) -> ZooKeeperClient:
         """The client for config and reads (available once open)."""
-        if self._client is None:
-            raise RuntimeError("the ZooKeeper backend is not open")
-        return self._client
+        return self.opened(self._client)
 
     async def open(self) -> None:
-        client = ZooKeeperClient(self._hosts, self._session_timeout or self.settings["ttl"], renew=True)
+        client = ZooKeeperClient(
+            self._hosts, self._session_timeout or self.settings["ttl"], renew=True, tg=self._tasks
+        )
         await client.start()
         self._client = client
 
@@ -127,8 +128,13 @@ class ZooKeeperBackend(Backend):
             if self._client is not None:
                 await self._client.close()
 
+    @property
+    def _tasks(self) -> TaskGroup:
+        """Where every client's background tasks run (the coordinator's task group)."""
+        return self.opened(self.background)
+
     async def open_session(self, ttl: float, monitor: SessionMonitor) -> ZooKeeperSession:
-        client = ZooKeeperClient(self._hosts, self._session_timeout or ttl, renew=False)
+        client = ZooKeeperClient(self._hosts, self._session_timeout or ttl, renew=False, tg=self._tasks)
         await client.start()
         session = ZooKeeperSession(self, client, monitor, self._timeout)
         self._sessions[session.id] = session

@@ -15,7 +15,9 @@ coordination needs it:
 * with ``renew=False`` an expired session is never replaced: the client stays LOST and every
   request raises :class:`~coordination.SessionExpired`;
 * every transition of the session state is reported to listeners, synchronously;
-* :meth:`ZooKeeperClient.close` ends the session and leaves no task, connection or watch
+* every background task (the repair loop, each connection's read loop, the heartbeat) runs
+  in the task group the client is given, under a cancel scope of its own, and
+  :meth:`ZooKeeperClient.close` ends the session and leaves no task, connection or watch
   callback behind.
 
 All of the subclassing of aiozk is here, in this module; :data:`AIOZK_INTERNALS` and
@@ -27,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import random
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -42,6 +45,7 @@ from aiozk import exc, protocol
 from aiozk.connection import Connection  # type: ignore[import-untyped]
 from aiozk.session import Session  # type: ignore[import-untyped]
 from aiozk.states import SessionStateMachine, States  # type: ignore[import-untyped]
+from anyio.abc import TaskGroup
 
 from coordination.abc import mapped_error
 from coordination.exceptions import CoordinationError, SessionExpired, Unavailable
@@ -135,15 +139,15 @@ AIOZK_INTERNALS: Mapping[str, tuple[type, tuple[str, ...]]] = {
     "Session": (
         Session,
         (
-            "repair_loop", "send", "start", "close", "set_heartbeat", "heartbeat", "event_dispatch",
-            "add_watch_callback", "remove_watch_callback", "set_existing_watches",
+            "repair_loop", "send", "start", "close", "set_heartbeat", "create_heartbeat", "heartbeat",
+            "event_dispatch", "add_watch_callback", "remove_watch_callback", "set_existing_watches",
         ),
     ),
     "Connection": (
         Connection,
         (
-            "connect", "_read", "send_connect", "read_response", "send", "start_read_loop",
-            "read_loop", "close", "abort",
+            "connect", "_read", "send_connect", "read_response", "send", "read_loop", "close",
+            "abort",
         ),
     ),
     "SessionStateMachine": (SessionStateMachine, ("transition_to", "valid_transitions")),
@@ -153,11 +157,11 @@ AIOZK_INTERNALS: Mapping[str, tuple[type, tuple[str, ...]]] = {
 AIOZK_INSTANCE_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
     "Session": (
         "conn", "session_id", "password", "timeout", "last_zxid", "xid", "started", "closing",
-        "read_timeout", "repair_loop_task", "heartbeat_task", "heartbeat_handle", "watch_callbacks",
+        "read_timeout", "heartbeat_handle", "watch_callbacks",
     ),
     "Connection": (
-        "host", "port", "closing", "pending", "pending_specials", "read_loop_task",
-        "read_timeout", "reader", "writer", "start_read_only",
+        "host", "port", "closing", "pending", "pending_specials", "read_timeout", "reader",
+        "writer", "start_read_only",
     ),
 }
 # fmt: on
@@ -231,6 +235,8 @@ class _Connection(Connection):  # type: ignore[misc]
     """
 
     frames = 0
+    reading: _Task | None = None
+    """The read loop, in the client's task group (aiozk's ``start_read_loop`` is not used)."""
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -275,11 +281,23 @@ class _Connection(Connection):  # type: ignore[misc]
         return xid, zxid, protocol.response_xref[opcode].deserialize(payload)
 
 
+class _Task:
+    """One background task of a client, in the client's task group: cancel it, see it end."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.ended = anyio.Event()
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+
 class ZooKeeperClient(Session):  # type: ignore[misc]
     """One connection to a ZooKeeper ensemble and the session on it (see the module docstring).
 
     ``renew=True`` replaces an expired session by a new one (for reads and watches);
     ``renew=False`` keeps exactly one session for the client's whole life (for locks).
+    Background tasks run in ``tg``, which must outlive :meth:`close` (the backend's).
     """
 
     # What this class uses of aiozk's Session, typed.
@@ -293,12 +311,12 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
     started: bool
     closing: bool
     read_timeout: float | None
-    repair_loop_task: asyncio.Task[None] | None
-    heartbeat_task: asyncio.Task[None] | None
     heartbeat_handle: asyncio.TimerHandle | None
     watch_callbacks: dict[tuple[int, str], set[Callable[[str], None]]]
 
-    def __init__(self, hosts: Iterable[tuple[str, int]], timeout: float, *, renew: bool) -> None:
+    def __init__(
+        self, hosts: Iterable[tuple[str, int]], timeout: float, *, renew: bool, tg: TaskGroup
+    ) -> None:
         servers = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts)
         super().__init__(servers, timeout, None, False, None)
         self.state = _StateMachine(self)
@@ -308,7 +326,9 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         """``renew=False`` only: the server ended the session; the client stays LOST."""
         self._changed = anyio.Event()
         self._listeners: set[Callable[[str, str], None]] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tg = tg
+        self._tasks: set[_Task] = set()
+        self._heartbeat: _Task | None = None
         self._conns: set[Any] = set()
         self._failed_rounds = 0
         self._last_error: BaseException | None = None
@@ -403,7 +423,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         later disconnects are repaired in the background.
         """
         self.started = True
-        self.repair_loop_task = self._spawn(self.repair_loop())
+        self._spawn(self.repair_loop)
         try:
             while not self.connected:
                 if self._failed_rounds:
@@ -419,11 +439,32 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
     def _servers(self) -> str:
         return ",".join(f"{h}:{p}" for h, p in self.hosts)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, run: Callable[[], Awaitable[object]], ended: Callable[[], None] | None = None) -> _Task:
+        """Run ``run()`` in the client's task group until it returns or :meth:`close`; then
+        call ``ended()``. An error is logged, never raised into the group."""
+        task = _Task()
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        async def body() -> None:
+            try:
+                with task.scope:
+                    await run()
+            except Exception:
+                log.exception("a background task of the ZooKeeper client failed")
+            finally:
+                self._tasks.discard(task)
+                task.ended.set()
+                if ended is not None:
+                    ended()
+
+        self._tg.start_soon(body)
         return task
+
+    def create_heartbeat(self) -> None:
+        """aiozk's heartbeat timer fired: ping, in the task group (one at a time)."""
+        if self.closing or (self._heartbeat is not None and not self._heartbeat.ended.is_set()):
+            return
+        self._heartbeat = self._spawn(self.heartbeat)
 
     async def close(self) -> None:
         """End the session on the server and release everything. Idempotent; never raises."""
@@ -441,16 +482,13 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
                 self._drop(conn)
             for task in list(self._tasks):
                 task.cancel()
-            heartbeat = self.heartbeat_task
-            if heartbeat is not None:
-                heartbeat.cancel()
             with anyio.CancelScope(shield=True):
-                pending = [t for t in (*self._tasks, heartbeat) if t is not None]
-                await asyncio.gather(*pending, return_exceptions=True)
+                for task in list(self._tasks):
+                    await task.ended.wait()
             if self.heartbeat_handle is not None:  # the heartbeat re-arms itself as it ends
                 self.heartbeat_handle.cancel()
                 self.heartbeat_handle = None
-            self.heartbeat_task = None
+            self._heartbeat = None
             self.watch_callbacks.clear()
             self.state.transition_to(LOST)
             self._listeners.clear()
@@ -519,10 +557,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
             self.session_id, self.password = response.session_id, response.password
             self.timeout = response.timeout / 1000
             self.conn = conn
-            conn.start_read_loop()
-            task = conn.read_loop_task
-            self._tasks.add(task)
-            task.add_done_callback(lambda t, conn=conn: self._read_loop_ended(conn, t))
+            conn.reading = self._spawn(conn.read_loop, functools.partial(self._read_loop_ended, conn))
             self._failed_rounds = 0
             log.debug("connected to %s:%s, session %s", host, port, self.session_hex)
             self.state.transition_to(CONNECTED)
@@ -553,18 +588,14 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         for future in pending:
             if not future.done():
                 future.set_exception(exc.ConnectError(conn.host, conn.port))
-        task = conn.read_loop_task
-        if task is not None and not task.done():
-            task.cancel()
+        if conn.reading is not None:
+            conn.reading.cancel()
         if conn.writer is not None:
             conn.writer.close()
         if conn is self.conn and not self.closing:
             self.state.transition_to(SUSPENDED)
 
-    def _read_loop_ended(self, conn: Any, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("the read loop of %s:%s failed: %r", conn.host, conn.port, task.exception())
+    def _read_loop_ended(self, conn: Any) -> None:
         if not conn.closing and not self.closing:
             log.info("ZooKeeper connection to %s:%s closed", conn.host, conn.port)
             self._drop(conn)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from coordination.abc import Backend, BackendSession, Backoff, Kind, SessionMonitor
+from coordination.abc import Backend, BackendSession, Backoff, Kind, Queued, SessionMonitor
 from coordination.exceptions import NotHeld, SessionExpired, Unavailable
 
 from ._client import (
@@ -61,7 +61,8 @@ class Contender:
     token: int = 0
     sent: bool = False  # a create went out: a node may exist
     uncertain: bool = False  # a create's reply was lost: look nodes up by prefix
-    listing: list[str] | None = None  # the queue as listed right after the create
+    listing: list[str] | None = None  # the queue as listed with the create (consumed by enqueue)
+    ahead: str | None = None  # a node seen just ahead of this one: the one to watch first
 
     @property
     def path(self) -> str:
@@ -110,10 +111,12 @@ class ZooKeeperSession(BackendSession[Contender]):
 
     # -- the contender queue -------------------------------------------------------------
 
-    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Contender:
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[Contender]:
         contender = Contender("/" + name, uuid.uuid4().hex + NODE_MARK, value)
         try:
             await self._join(contender)
+            listing, contender.listing = contender.listing, None
+            first = await self._ahead(contender, listing)
         except BaseException:
             # Failed or cancelled, maybe after the server made the node: remove it by its
             # prefix (across a reconnect if need be) before the error goes on.
@@ -131,7 +134,7 @@ class ZooKeeperSession(BackendSession[Contender]):
                         log.warning("could not remove contender %s*: %r", contender.prefix, error)
                         break
             raise
-        return contender
+        return Queued(contender, contender.token if first else None)
 
     async def _join(self, contender: Contender) -> None:
         client, backoff = self.client, Backoff()
@@ -201,27 +204,30 @@ class ZooKeeperSession(BackendSession[Contender]):
             with contextlib.suppress(NoNode):
                 await self.client.delete(f"{contender.parent}/{node}")
 
-    async def wait_owner(self, contender: Contender, *, blocking: bool) -> int | None:
-        listing, contender.listing = contender.listing, None  # as listed with the create
-        while True:
-            if listing is None:
-                try:
-                    listing = await self.client.children(contender.parent)
-                except NoNode:
-                    listing = []
-            queue = queue_order(listing)
-            if contender.node not in queue:
-                raise Unavailable(f"contender {contender.path} was deleted by another client")
-            position = queue.index(contender.node)
-            if position == 0:
-                return contender.token
-            if not blocking:
-                return None
-            # Watch only the node just ahead; when it goes, list the queue again (the one
-            # ahead of it may have gone too, or be waiting still).
-            await self._gone(f"{contender.parent}/{queue[position - 1]}")
+    async def _ahead(self, contender: Contender, listing: list[str] | None = None) -> bool:
+        """Whether ``contender`` is first in its queue (as ``listing`` shows it, else as listed
+        now); if not, note the node just ahead of it in ``contender.ahead``."""
+        if listing is None:
+            try:
+                listing = await self.client.children(contender.parent)
+            except NoNode:
+                listing = []
+        queue = queue_order(listing)
+        if contender.node not in queue:
+            raise Unavailable(f"contender {contender.path} was deleted by another client")
+        position = queue.index(contender.node)
+        contender.ahead = f"{contender.parent}/{queue[position - 1]}" if position else None
+        return not position
+
+    async def wait_owner(self, contender: Contender) -> int:
+        # Watch only the node just ahead; when it goes, list the queue again (the one ahead
+        # of it may have gone too, or be waiting still). A node once ahead stays ahead while
+        # it exists (sequence numbers never change), so the one enqueue saw is a sound start.
+        while contender.ahead is not None:
+            await self._gone(contender.ahead)
             self._backend.woke()  # woken: list the queue again (Backend.wakeups)
-            listing = None
+            await self._ahead(contender)
+        return contender.token
 
     async def _gone(self, path: str) -> None:
         """Return once ``path`` is gone or changed, or the connection state changed."""

@@ -35,7 +35,8 @@ process at ``--resource HOST:PORT``, :mod:`coordination.testing.fenced`, as reso
 ``NAME`` and writer ``--label``, else only reported); ``--hold S`` releases
 after S seconds, ``--hold MIN:MAX`` after a random time between the two (default: hold
 until killed, or until the lock is lost); ``--loop`` acquires
-again after each release or loss, resting ``--rest S`` in between. ``--commands`` reads
+again after each release or loss, resting ``--rest S`` in between, and with ``--count N``
+exits (status 0) after N holdings. ``--commands`` reads
 commands on stdin, one per line:
 
 * ``block S`` blocks the event loop with a synchronous sleep of at most S seconds that ends
@@ -201,10 +202,12 @@ class _Holder:
                 async def acquire() -> HeldLock | Leadership:
                     return await election.campaign(value)
 
+            held = 0
             while True:
                 lost = await self._hold_once(acquire)
-                if not args.loop:
-                    self.status = LOST_STATUS if lost else 0
+                held += 1
+                if not args.loop or held == args.count:
+                    self.status = LOST_STATUS if lost and not args.loop else 0
                     break
                 await anyio.sleep(args.rest)
             tg.cancel_scope.cancel()
@@ -286,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hold", type=_seconds_range, default=None, metavar="S[:MAX]")
     parser.add_argument("--loop", action="store_true")
     parser.add_argument("--rest", type=float, default=0.0, metavar="S")
+    parser.add_argument(
+        "--count", type=int, default=0, metavar="N", help="with --loop: exit after N holdings"
+    )
     parser.add_argument("--commands", action="store_true")
     parser.add_argument(
         "--election", default=None, metavar="VALUE", help="campaign with VALUE instead of locking"
@@ -405,8 +411,26 @@ class HolderProcess:
         on_event: Callable[[HolderEvent], None] | None = None,
     ) -> AsyncIterator[HolderProcess]:
         command = [sys.executable, "-m", "coordination.testing.holder", url, name, *options]
-        stdin = subprocess.PIPE if "--commands" in options else subprocess.DEVNULL
-        process = await anyio.open_process(command, stdin=stdin, stderr=None)
+        async with cls.run(
+            command, label=label, on_event=on_event, commands="--commands" in options
+        ) as holder:
+            yield holder
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def run(
+        cls,
+        command: Sequence[str],
+        *,
+        label: str = "holder",
+        on_event: Callable[[HolderEvent], None] | None = None,
+        commands: bool = False,
+    ) -> AsyncIterator[HolderProcess]:
+        """Any program that speaks this module's protocol on stdout (a peer in another
+        language: the ZooKeeper tests run a Curator one), with stdin open for :meth:`send`
+        if ``commands``."""
+        stdin = subprocess.PIPE if commands else subprocess.DEVNULL
+        process = await anyio.open_process(list(command), stdin=stdin, stderr=None)
         holder = cls(process, label, on_event)
         try:
             async with anyio.create_task_group() as tg:

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
-from collections.abc import Callable, Collection, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import pytest
+from kazoo.client import KazooClient  # type: ignore[import-untyped]
 
 from coordination import Capability, Coordinator
 from coordination.testing import CoordinationFixtures, Harness
+from coordination.testing.holder import HolderProcess
 from coordination.testing.plugin import share_server
-from coordination.testing.servers import ServerProcess, ZooKeeperProcess
+from coordination.testing.servers import ServerProcess, ZooKeeperProcess, cache_dir, find_java
 from coordination_zookeeper import ZooKeeperBackend
 from coordination_zookeeper._client import NoNode, ZooKeeperClient
 from coordination_zookeeper._session import ZooKeeperSession
+
+from . import curator_peer
+
+T = TypeVar("T")
 
 TICK_MS = 100  # short ticks: sessions of a few hundred milliseconds are allowed, expiry is prompt
 
@@ -103,3 +112,88 @@ def zk_url(zookeeper_server: ZooKeeperProcess) -> str:
 
 def options(**overrides: Any) -> dict[str, Any]:
     return {"ttl": 3.0, "timeout": 5.0, **overrides}
+
+
+# -- peers: kazoo (threads) and Curator (a Java process) -----------------------------------------
+
+
+@pytest.fixture
+def kazoo(zookeeper_server: ZooKeeperProcess, scaled: Callable[[float], float]) -> Iterator[KazooClient]:
+    client = KazooClient(hosts=zookeeper_server.address, timeout=5.0)
+    client.start(timeout=scaled(15))
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
+
+
+async def within(seconds: float, awaitable: Awaitable[T], what: str) -> T:
+    """``awaitable``'s result, or the test fails after ``seconds`` (give them scaled)."""
+    with anyio.move_on_after(seconds):
+        return await awaitable
+    pytest.fail(f"{what} did not happen within {seconds:g}s")
+
+
+async def until_contenders(
+    kazoo: KazooClient, path: str, count: int, scaled: Callable[[float], float]
+) -> None:
+    async def poll() -> None:
+        while len(await in_thread(kazoo.get_children, path)) != count:  # noqa: ASYNC110 - polls the server
+            await anyio.sleep(0.02)
+
+    await within(scaled(5), poll(), f"{count} contenders under {path}")
+
+
+@pytest.fixture(scope="session")
+def curator_command() -> list[str]:
+    """How to run the Curator peer (tests/zookeeper/curator): ``$COORDINATION_CURATOR_PEER``
+    (the folder the install script printed), else built into the cache now. A peer that
+    cannot be built fails the tests, never skips them."""
+    given = os.environ.get("COORDINATION_CURATOR_PEER")
+    folder = Path(given) if given else curator_peer.build(cache_dir())
+    return curator_peer.command(folder, find_java())
+
+
+class CuratorPeer(Protocol):
+    def __call__(
+        self, path: str, recipe: str, *options: str, label: str = "curator"
+    ) -> contextlib.AbstractAsyncContextManager[HolderProcess]: ...
+
+
+@pytest.fixture
+def curator(zookeeper_server: ZooKeeperProcess, curator_command: list[str]) -> CuratorPeer:
+    """``async with curator(path, "mutex" | "selector" | "latch", *options) as peer``: a
+    Curator client in its own JVM holding that recipe on ``path`` (a znode path, without
+    the URL), reporting in the holder protocol (see tests/zookeeper/curator)."""
+
+    @contextlib.asynccontextmanager
+    async def peer(
+        path: str, recipe: str, *options: str, label: str = "curator"
+    ) -> AsyncIterator[HolderProcess]:
+        command = [*curator_command, zookeeper_server.address, path, "--recipe", recipe, *options]
+        async with HolderProcess.run(command, label=label, commands="--commands" in options) as process:
+            yield process
+
+    return peer
+
+
+async def curator_participants(
+    curator_command: list[str], zookeeper_server: ZooKeeperProcess, path: str, recipe: str, timeout: float
+) -> list[tuple[bool, str]]:
+    """Who Curator counts on ``path``, in its order: (is owner, participant id) as the
+    ``getParticipants()`` of a LeaderSelector or LeaderLatch return them, or for a mutex its
+    ``getParticipantNodes()`` with their data as the id."""
+    command = [*curator_command, zookeeper_server.address, path, "--recipe", recipe, "--query"]
+    with anyio.fail_after(timeout):
+        result = await anyio.run_process(command, check=True)
+    found = []
+    for line in result.stdout.decode().splitlines():
+        if line.startswith("participant "):
+            _, leader, participant = line.split(" ", 2)
+            found.append((leader == "1", participant))
+    return found

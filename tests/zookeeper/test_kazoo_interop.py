@@ -6,9 +6,7 @@ kazoo is threaded: its blocking calls run in worker threads, each with its own t
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from functools import partial
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -16,44 +14,10 @@ from kazoo.client import KazooClient  # type: ignore[import-untyped]
 
 import coordination
 from coordination import HeldLock, Leader, Leadership
-from coordination.testing.servers import ZooKeeperProcess
 
-from .conftest import options
+from .conftest import in_thread, options, until_contenders, within
 
-T = TypeVar("T")
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-def kazoo(zookeeper_server: ZooKeeperProcess, scaled: Callable[[float], float]) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zookeeper_server.address, timeout=5.0)
-    client.start(timeout=scaled(15))
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
-
-
-async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
-
-
-async def within(seconds: float, awaitable: Awaitable[T], what: str) -> T:
-    """``awaitable``'s result, or the test fails after ``seconds`` (give them scaled)."""
-    with anyio.move_on_after(seconds):
-        return await awaitable
-    pytest.fail(f"{what} did not happen within {seconds:g}s")
-
-
-async def until_contenders(
-    kazoo: KazooClient, path: str, count: int, scaled: Callable[[float], float]
-) -> None:
-    async def poll() -> None:
-        while len(await in_thread(kazoo.get_children, path)) != count:  # noqa: ASYNC110 - polls the server
-            await anyio.sleep(0.02)
-
-    await within(scaled(5), poll(), f"{count} contenders under {path}")
 
 
 async def test_lock_kazoo_then_sdk_then_kazoo(

@@ -24,18 +24,11 @@ from coordination import (
 from coordination.testing.proxy import FaultProxy
 from coordination.testing.servers import ZooKeeperProcess, free_port
 from coordination_zookeeper import ZooKeeperBackend
-from coordination_zookeeper._session import queue_order
+from coordination_zookeeper._session import node_prefix, queue_order
 
-from .conftest import TICK_MS, backend_session, expire, expire_client, options
+from .conftest import TICK_MS, backend_session, expire, expire_client, options, within
 
 T = TypeVar("T")
-
-
-async def within(seconds: float, awaitable: Awaitable[T], what: str) -> T:
-    """``awaitable``'s result, or the test fails after ``seconds`` (give them scaled)."""
-    with anyio.move_on_after(seconds):
-        return await awaitable
-    pytest.fail(f"{what} did not happen within {seconds:g}s")
 
 
 async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
@@ -165,10 +158,44 @@ async def test_release_wakes_only_the_next_waiter(
         assert [waiter._engine.backend.wakeups for waiter in waiters] == [1] * n
 
 
-async def assert_one_adopted_node(coord: Coordinator, held: Any, parent: str) -> None:
+def test_every_known_naming_is_a_contender_in_sequence_order() -> None:
+    """kazoo's and Curator's nodes count alike, ordered by the sequence ZooKeeper appended;
+    other children (a kazoo read lock's, anything else) are not contenders."""
+    children = [
+        "_c_4f1c2a3e-9d1b-4f4e-8a55-0e6c1a2b3c4d-latch-0000000004",
+        "0f3a" * 8 + "__lock__0000000003",
+        "_c_8e2d0c1b-1a2b-4c3d-9e8f-7a6b5c4d3e2f-lock-0000000001",
+        "ab" * 16 + "__rlock__0000000000",
+        "config",
+        "ff" * 16 + "__lock__0000000002",
+    ]
+    assert [child[-10:] for child in queue_order(children)] == [
+        "0000000001",
+        "0000000002",
+        "0000000003",
+        "0000000004",
+    ]
+    assert node_prefix("kazoo", "lock").endswith("__lock__")
+    assert node_prefix("curator", "election").startswith("_c_")
+    assert node_prefix("curator", "election").endswith("-lock-"), "LeaderSelector's nodes are a mutex's"
+    assert node_prefix("latch", "election").endswith("-latch-")
+    assert node_prefix("latch", "lock").endswith("-lock-"), (
+        "a LeaderLatch is no lock: locks as Curator's mutex"
+    )
+    assert node_prefix("curator", "lock") != node_prefix("curator", "lock"), "each node its own uuid"
+    made = "_c_" + node_prefix("curator", "lock")[3:] + "0000000007"
+    assert queue_order([made]) == [made]
+
+
+def test_naming_option_is_checked_before_any_io() -> None:
+    with pytest.raises(InvalidURL, match="naming"):
+        coordination.connect("zookeeper://127.0.0.1:1/ns?naming=Curator")
+
+
+async def assert_one_adopted_node(coord: Coordinator, held: Any, parent: str, mark: str = "__lock__") -> None:
     children = await reads(coord).children(parent)
     assert len(children) == 1, f"an orphan was left: {children}"
-    assert children[0].endswith("__lock__0000000001"), "the create whose reply was lost makes the node"
+    assert children[0].endswith(f"{mark}0000000001"), "the create whose reply was lost makes the node"
     _, stat = await reads(coord).get(f"{parent}/{children[0]}")
     assert held.token == stat.czxid
     assert f"0x{stat.ephemeral_owner:x}" == coord.session_id
@@ -177,23 +204,25 @@ async def assert_one_adopted_node(coord: Coordinator, held: Any, parent: str) ->
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(("naming", "mark"), [("kazoo", "__lock__"), ("curator", "-lock-")])
 async def test_lost_create_reply_leaves_no_orphan(
-    zookeeper_server: ZooKeeperProcess, zk_url: str, scaled: Callable[[float], float]
+    zookeeper_server: ZooKeeperProcess, zk_url: str, scaled: Callable[[float], float], naming: str, mark: str
 ) -> None:
     """The server makes the contender node, and its reply is lost with the connection: the
-    client finds the node by its uuid prefix after reconnecting and adopts it."""
+    client finds the node by its uuid prefix after reconnecting and adopts it (in either
+    naming)."""
     parent = f"/{namespace(zk_url)}/orphan"
     async with FaultProxy(zookeeper_server.host, zookeeper_server.port) as proxy:
         url = f"zookeeper://{proxy.address}/{namespace(zk_url)}"
         # A long TTL: no keepalive or heartbeat reply can come before the create's.
-        async with coordination.connect(url, ttl=30.0, timeout=5.0) as coord:
+        async with coordination.connect(url, ttl=30.0, timeout=5.0, naming=naming) as coord:
             warm = await coord.lock("orphan").acquire()  # the parent exists; the next sequence is 1
             await warm.release()
             connections = proxy.connections
             proxy.drop_next_reply()
             held = await within(scaled(10), coord.lock("orphan").acquire(), "acquiring after a lost reply")
             assert proxy.connections == connections + 1, "the reply was lost with its connection"
-            await assert_one_adopted_node(coord, held, parent)
+            await assert_one_adopted_node(coord, held, parent, mark)
 
 
 @pytest.mark.asyncio

@@ -25,7 +25,7 @@ from ._client import (
     ZooKeeperClient,
     parent_of,
 )
-from ._session import ZooKeeperSession, queue_order
+from ._session import NAMINGS, ZooKeeperSession, queue_order
 
 __all__ = ["ZooKeeperBackend"]
 
@@ -52,16 +52,26 @@ class ZooKeeperBackend(Backend):
     timeout          10      timeout of one request, in seconds
     identity                 holder identity, written as the data of lock nodes
                              (default ``hostname:pid``)
+    naming           kazoo   how this SDK names its own contender nodes: ``kazoo``
+                             (``<uuid>__lock__<seq>``, what kazoo's Lock and Election
+                             see), ``curator`` (``_c_<uuid>-lock-<seq>``, what
+                             Curator's InterProcessMutex and LeaderSelector see) or
+                             ``latch`` (elections ``_c_<uuid>-latch-<seq>``, for
+                             Curator's LeaderLatch; locks as ``curator``)
     ================ ======= ========================================================
 
-    Layout, compatible with kazoo (so a kazoo ``Lock`` or ``Election`` on the same path
-    and this SDK exclude each other and see each other's leader):
+    Layout, compatible with kazoo and Apache Curator (so their locks and elections on the
+    same path and this SDK exclude each other and see each other's leader):
 
     * a lock or an election ``name`` is the znode ``/<namespace>/<name>``; each contender
-      is an ephemeral sequential child ``<uuid>__lock__<sequence>`` whose data is the holder
-      identity (lock) or the leader value (election); the lowest sequence owns it, and each
-      waiter watches only the node just ahead of its own. A lock and an election of the same
-      name therefore share one queue, as in kazoo. The fencing token is the czxid of the
+      is an ephemeral sequential child named as ``naming`` says, whose data is the holder
+      identity (lock) or the leader value (election; Curator's participant id). Every
+      child named as kazoo or Curator names them is a contender, whoever made it: the
+      lowest sequence owns, and each waiter watches only the node just ahead of its own.
+      kazoo sees only kazoo-named nodes and Curator orders kazoo-named nodes wrongly, so
+      every SDK on a path shared with Curator needs ``naming=curator`` (or ``latch``); one
+      that meets Curator nodes with kazoo naming logs a warning. A lock and an election of
+      the same name share one queue, as in kazoo. The fencing token is the czxid of the
       owner's node.
     * a config value is the persistent znode ``/<namespace>/<name>``; its version is the
       znode's mzxid. Parent znodes created on the way have no data (null) and read as
@@ -92,6 +102,13 @@ class ZooKeeperBackend(Backend):
         **COMMON_OPTIONS,
         "session_timeout": Option(
             float, None, "ZooKeeper's name for ttl: the session timeout asked for, seconds.", minimum=0.1
+        ),
+        "naming": Option(
+            str,
+            "kazoo",
+            "How this SDK names its contender nodes, for the peers on the same paths: kazoo,"
+            " curator (InterProcessMutex, LeaderSelector) or latch (LeaderLatch elections).",
+            check=lambda v: None if v in NAMINGS else f"must be one of {', '.join(NAMINGS)}",
         ),
     }
 
@@ -136,7 +153,7 @@ class ZooKeeperBackend(Backend):
     async def open_session(self, ttl: float, monitor: SessionMonitor) -> ZooKeeperSession:
         client = ZooKeeperClient(self._hosts, self._session_timeout or ttl, renew=False, tg=self._tasks)
         await client.start()
-        session = ZooKeeperSession(self, client, monitor, self._timeout)
+        session = ZooKeeperSession(self, client, monitor, self._timeout, self.settings["naming"])
         self._sessions[session.id] = session
         client.add_listener(lambda _old, new: self._forget(session) if new == LOST else None)
         return session

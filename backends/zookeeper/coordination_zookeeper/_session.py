@@ -1,13 +1,24 @@
-"""Locks and elections in kazoo's node layout, on one ZooKeeper session.
+"""Locks and elections in kazoo's and Curator's node layout, on one ZooKeeper session.
 
 Under the znode of the name (``/<namespace>/<name>``), each contender is an ephemeral
-sequential node, exactly as kazoo's ``Lock`` (which kazoo's ``Election`` uses) makes it::
+sequential node, named as one of the recipes that share the path names it::
 
-    <uuid4 hex>__lock__<10-digit sequence>      data: the holder identity, or the leader value
+    <uuid4 hex>__lock__<10-digit sequence>      kazoo Lock and Election (naming=kazoo)
+    _c_<uuid4>-lock-<10-digit sequence>         Curator InterProcessMutex, LeaderSelector
+                                                (naming=curator)
+    _c_<uuid4>-latch-<10-digit sequence>        Curator LeaderLatch (naming=latch, elections)
 
-The contender with the lowest sequence owns the lock or leads the election; a waiter watches
-only the node just ahead of its own. The uuid prefix finds a node again after the reply to
-its create was lost, so a lost reply never leaves an orphan behind.
+    data: the holder identity (a lock), or the leader value (an election; Curator's
+    participant id)
+
+Every node of any of these namings is a contender, whoever made it: the one with the lowest
+sequence (ZooKeeper numbers the children of one parent with one counter) owns the lock or
+leads the election, and a waiter watches only the node just ahead of its own. Each peer
+library orders only what it knows, so the ``naming`` option picks the one the peers on a path
+read: kazoo sees only ``__lock__`` nodes, Curator orders every child by the text after
+``lock-`` (``latch-`` for a latch), so a kazoo-named node stands at a random place in its
+queue. The uuid part finds a node again after the reply to its create was lost, so a lost
+reply never leaves an orphan behind.
 """
 
 from __future__ import annotations
@@ -34,20 +45,34 @@ from ._client import (
     ZooKeeperClient,
 )
 
-__all__ = ["NODE_MARK", "Contender", "ZooKeeperSession", "queue_order"]
+__all__ = ["NAMINGS", "NODE_MARK", "Contender", "ZooKeeperSession", "node_prefix", "queue_order"]
 
 log = logging.getLogger("coordination.zookeeper")
 
 NODE_MARK = "__lock__"
 """What kazoo's ``Lock`` puts between the uuid and the sequence number."""
 
-_SEQUENCE = re.compile(r"__lock__(-?\d{10})$")
+NAMINGS = ("kazoo", "curator", "latch")
+"""The values of the ``naming`` option: how this SDK names its own contender nodes."""
+
+_SEQUENCE = re.compile(r"(?:__lock__|-lock-|-latch-)(-?\d{10})$")
+_CURATOR = re.compile(r"^_c_[0-9a-f-]{36}-(?:lock|latch)-")
 
 
 def queue_order(children: Iterable[str]) -> list[str]:
-    """The contender nodes among ``children``, owner first: kazoo's filter and order."""
+    """The contender nodes among ``children`` (kazoo's and Curator's), owner first: in
+    sequence order."""
     matched = [(m.group(1), child) for child in children if (m := _SEQUENCE.search(child))]
     return [child for _, child in sorted(matched)]
+
+
+def node_prefix(naming: str, kind: Kind) -> str:
+    """The name of a new contender node before the sequence ZooKeeper appends: unique, so
+    that the node a lost create made is found again by it."""
+    if naming == "kazoo":
+        return uuid.uuid4().hex + NODE_MARK
+    mark = "latch-" if naming == "latch" and kind == "election" else "lock-"
+    return f"_c_{uuid.uuid4()}-{mark}"  # Curator's "protected" name: _c_<uuid>-<name>
 
 
 @dataclass(eq=False)
@@ -78,9 +103,16 @@ class ZooKeeperSession(BackendSession[Contender]):
     """
 
     def __init__(
-        self, backend: Backend, client: ZooKeeperClient, monitor: SessionMonitor, op_timeout: float
+        self,
+        backend: Backend,
+        client: ZooKeeperClient,
+        monitor: SessionMonitor,
+        op_timeout: float,
+        naming: str = "kazoo",
     ) -> None:
         self._backend = backend  # counts its waiters' wake-ups
+        self._naming = naming
+        self._warned: set[str] = set()  # parents where Curator nodes were seen with kazoo naming
         self.client = client
         self.id = client.session_hex
         self.ttl = float(client.timeout)
@@ -112,7 +144,7 @@ class ZooKeeperSession(BackendSession[Contender]):
     # -- the contender queue -------------------------------------------------------------
 
     async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[Contender]:
-        contender = Contender("/" + name, uuid.uuid4().hex + NODE_MARK, value)
+        contender = Contender("/" + name, node_prefix(self._naming, kind), value)
         try:
             await self._join(contender)
             listing, contender.listing = contender.listing, None
@@ -213,11 +245,25 @@ class ZooKeeperSession(BackendSession[Contender]):
             except NoNode:
                 listing = []
         queue = queue_order(listing)
+        if self._naming == "kazoo" and contender.parent not in self._warned:
+            self._warn_curator(contender.parent, queue)
         if contender.node not in queue:
             raise Unavailable(f"contender {contender.path} was deleted by another client")
         position = queue.index(contender.node)
         contender.ahead = f"{contender.parent}/{queue[position - 1]}" if position else None
         return not position
+
+    def _warn_curator(self, parent: str, queue: list[str]) -> None:
+        curator = [node for node in queue if _CURATOR.match(node)]
+        if curator:
+            self._warned.add(parent)
+            log.warning(
+                "%s has Curator contenders (%s): this SDK counts them, but Curator orders this"
+                " SDK's kazoo-named nodes wrongly and may hold at the same time; give every"
+                " SDK on this path ?naming=curator (or naming=latch next to a LeaderLatch)",
+                parent,
+                curator[0],
+            )
 
     async def wait_owner(self, contender: Contender) -> int:
         # Watch only the node just ahead; when it goes, list the queue again (the one ahead

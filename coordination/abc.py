@@ -332,6 +332,13 @@ class Backend(ABC):
     async def leader(self, name: str) -> Leader | None:
         """The current leader of election ``name``, or ``None`` if it has none."""
 
+    async def candidates(self, name: str) -> list[bytes]:
+        """The values of every candidate queued in election ``name``, leader first, then in
+        the order they would lead (a candidate's value is what it campaigned with, or last
+        proclaimed). A candidate that left (resigned, cancelled, its session ended) is not
+        listed. The default refuses: a backend that can list them overrides this."""
+        raise Unsupported(f"the {self.scheme} backend cannot list an election's candidates")
+
     @abstractmethod
     def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:
         """Yield the current leader (or ``None``) of ``name`` now and after every change.

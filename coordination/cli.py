@@ -10,10 +10,11 @@
     coordination config set URL KEY VALUE
     coordination config watch URL KEY [--json]
 
-``lock`` and ``elect`` run CMD only while holding the lock or leading, with the fencing
-token in ``$COORDINATION_TOKEN``. If the lock or leadership is lost, CMD gets SIGTERM, then
-SIGKILL after ``--grace`` seconds, and the command exits with status 3. Otherwise it exits
-with CMD's status. Errors are one line on stderr.
+``leader`` prints the leader and the candidates waiting behind it (``--json``:
+``{"leader": ..., "candidates": [...]}``). ``lock`` and ``elect`` run CMD only while holding
+the lock or leading, with the fencing token in ``$COORDINATION_TOKEN``. If the lock or
+leadership is lost, CMD gets SIGTERM, then SIGKILL after ``--grace`` seconds, and the command
+exits with status 3. Otherwise it exits with CMD's status. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -138,26 +139,37 @@ async def _elect(args: argparse.Namespace) -> int:
 # -- reads -------------------------------------------------------------------------------------
 
 
+def _print_election(leader: Leader | None, candidates: list[bytes], as_json: bool) -> None:
+    """The leader and the candidates: JSON ``{"leader": {value, token} | null, "candidates":
+    [values, leader first]}``, or the leader's line (``value<TAB>token=N``, or ``(no
+    leader)``) and a ``waiting<TAB>value`` line for each candidate behind it."""
+    if as_json:
+        _print_json({"leader": _leader_json(leader), "candidates": [_show(value) for value in candidates]})
+        return
+    lines = ["(no leader)" if leader is None else f"{_show(leader.value)}\ttoken={leader.token}"]
+    waiting = candidates[1:] if leader is not None and candidates[:1] == [leader.value] else candidates
+    lines += [f"waiting\t{_show(value)}" for value in waiting]
+    print("\n".join(lines), flush=True)
+
+
 async def _leader(args: argparse.Namespace) -> int:
     async with connect(args.url) as coord:
         election = coord.election(args.name)
         if not args.watch:
             leader = await election.leader()
-            if args.json:
-                _print_json(_leader_json(leader))
-            elif leader is not None:
-                print(f"{_show(leader.value)}\ttoken={leader.token}", flush=True)
-            else:
+            candidates = await election.candidates()
+            if leader is None and not args.json:
                 _note(f"election {args.name!r} has no leader")
+                if candidates:
+                    _print_election(leader, candidates, False)
+            else:
+                _print_election(leader, candidates, args.json)
             return 0 if leader is not None else EXIT_ERROR
+        # At every change of leader (candidates joining behind it change no leader: the
+        # list is read again only then).
         async with aclosing(election.observe()) as leaders:
             async for item in leaders:
-                if args.json:
-                    _print_json(_leader_json(item))
-                elif item is None:
-                    print("(no leader)", flush=True)
-                else:
-                    print(f"{_show(item.value)}\ttoken={item.token}", flush=True)
+                _print_election(item, await election.candidates(), args.json)
     return 0
 
 
@@ -228,11 +240,15 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         p.usage = f"coordination {name} URL NAME [options] -- CMD [ARG...]"
 
-    leader = sub.add_parser("leader", help="print the leader of election NAME")
+    leader = sub.add_parser("leader", help="print the leader and the candidates of election NAME")
     leader.add_argument("url", metavar="URL")
     leader.add_argument("name", metavar="NAME")
     leader.add_argument("--watch", action="store_true", help="print every change until interrupted")
-    leader.add_argument("--json", action="store_true", help="JSON output: {value, token} or null")
+    leader.add_argument(
+        "--json",
+        action="store_true",
+        help='JSON output: {"leader": {value, token} or null, "candidates": [...]}',
+    )
     leader.set_defaults(func=_leader)
 
     config = sub.add_parser("config", help="get, set or watch a config value")

@@ -286,6 +286,11 @@ class MemoryBackend(Backend):
         head = self.store.head("election", name)
         return Leader(head.value, head.revision) if head else None
 
+    async def candidates(self, name: str) -> list[bytes]:
+        await anyio.lowlevel.checkpoint()
+        self.store.reap()
+        return [contender.value for contender in self.store.queues.get(("election", name), [])]
+
     async def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:
         store = self.store
         while True:

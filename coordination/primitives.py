@@ -179,6 +179,13 @@ class Election:
         engine.check_open()
         return await engine.call(engine.backend.leader(engine.key(self.name)), "reading the leader")
 
+    async def candidates(self) -> list[bytes]:
+        """The values of every candidate queued, leader first (kazoo's ``contenders()``,
+        Curator's ``getParticipants()``)."""
+        engine = self._engine
+        engine.check_open()
+        return await engine.call(engine.backend.candidates(engine.key(self.name)), "listing the candidates")
+
     async def observe(self) -> AsyncGenerator[Leader | None, None]:
         """Yield the current leader (or ``None``) now and at every change."""
         key = self._engine.key(self.name)

@@ -258,6 +258,27 @@ class SilentLossBackend(_Variant):
             self.store._end(session)  # its contenders removed, its monitor not told
 
 
+# -- candidates listed once and never forgotten ------------------------------------------------
+
+
+class StaleCandidatesBackend(_Variant):
+    """``candidates()`` lists every candidate that ever joined, as it joined: one that left
+    stays listed, and a proclaim does not show (a listing kept beside the queue)."""
+
+    scheme = "memory-stale-candidates"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.joined: dict[str, dict[_Contender, bytes]] = {}  # by name: each contender's first value
+
+    async def candidates(self, name: str) -> list[bytes]:
+        await anyio.lowlevel.checkpoint()
+        joined = self.joined.setdefault(name, {})
+        for contender in self.store.queues.get(("election", name), []):
+            joined.setdefault(contender, contender.value)
+        return list(joined.values())
+
+
 VARIANTS: dict[str, type[MemoryBackend]] = {
     backend.scheme: backend
     for backend in (
@@ -270,6 +291,7 @@ VARIANTS: dict[str, type[MemoryBackend]] = {
         SecondInBackend,
         OutOfOrderWatchBackend,
         SilentLossBackend,
+        StaleCandidatesBackend,
     )
 }
 """Every broken variant by its scheme."""

@@ -62,7 +62,7 @@ def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 
 def test_json_outputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["leader", "memory://", "e", "--json"]) == 1
-    assert json.loads(capsys.readouterr().out) is None
+    assert json.loads(capsys.readouterr().out) == {"leader": None, "candidates": []}
     assert cli.main(["config", "get", "memory://", "k", "--json"]) == 1
     assert json.loads(capsys.readouterr().out) is None
     assert cli.main(["config", "set", "memory://", "k", "v"]) == 0
@@ -124,3 +124,37 @@ def test_demo_runs_and_tells_the_story(scaled: Callable[[float], float]) -> None
     assert "fencing tokens strictly increase: True" in out
     assert "stale writes refused: 1" in out
     assert done.stderr == ""
+
+
+@pytest.mark.asyncio
+async def test_leader_lists_the_candidates(capsys: pytest.CaptureFixture[str]) -> None:
+    """``coordination leader`` prints the leader, then who waits behind it, in order."""
+    async with (
+        coordination.connect("memory://cli-candidates") as a,
+        coordination.connect("memory://cli-candidates") as b,
+        coordination.connect("memory://cli-candidates") as c,
+        anyio.create_task_group() as tg,
+    ):
+        leadership = await a.election("e").campaign(b"node-a")
+
+        async def campaign(coord: coordination.Coordinator, value: bytes) -> None:
+            await coord.election("e").campaign(value)
+
+        tg.start_soon(campaign, b, b"node-b")
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(campaign, c, b"node-c")
+        while len(await a.election("e").candidates()) < 3:  # noqa: ASYNC110 - a list has no watch
+            await anyio.sleep(0.01)
+        args = ["leader", "memory://cli-candidates", "e"]
+        assert await cli._leader(cli.parse_args([*args, "--json"])) == 0
+        assert json.loads(capsys.readouterr().out) == {
+            "leader": {"value": "node-a", "token": leadership.token},
+            "candidates": ["node-a", "node-b", "node-c"],
+        }
+        assert await cli._leader(cli.parse_args(args)) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            f"node-a\ttoken={leadership.token}",
+            "waiting\tnode-b",
+            "waiting\tnode-c",
+        ]
+        tg.cancel_scope.cancel()

@@ -175,6 +175,12 @@ CATCHES: dict[str, Catch] = {
             "TestFaults::test_cancelled_waiters_leave_nothing": "two holders at once",
         }
     ),
+    "memory-stale-candidates": Catch(
+        {
+            "TestElection::test_candidates_list_the_queue_leader_first": "a proclaim shows",
+            "TestElection::test_candidates_drop_an_expired_leader": "the expired leader leaving",
+        }
+    ),
     "memory-watch-backwards": Catch(
         {"TestConfig::test_watch_is_ordered_and_ends_on_latest": "went back to older versions"}
     ),

@@ -19,6 +19,7 @@ import itertools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Literal
 
@@ -31,6 +32,7 @@ from coordination import (
     BackendNotFound,
     Capability,
     Coordinator,
+    Election,
     HeldLock,
     InvalidName,
     InvalidURL,
@@ -687,6 +689,90 @@ class ElectionTests:
             nxt = await harness.within(3, c.election("ct").campaign(b"c"), "campaign after cancelled ones")
             assert await a.election("ct").leader() == Leader(b"c", nxt.token)
             await nxt.resign()
+
+    @asyncio
+    async def test_candidates_list_the_queue_leader_first(self, harness: Harness) -> None:
+        """Every candidate's value, leader first, then in the order they joined; a proclaim
+        shows; a cancelled campaign and a resigned leader leave the list at once."""
+        async with harness.sessions(4) as (a, b, c, d):
+            election = a.election("cands")
+            assert await election.candidates() == []
+            leadership = await a.election("cands").campaign(b"a")
+            assert await election.candidates() == [b"a"]
+            got: dict[bytes, Leadership] = {}
+            scopes: dict[bytes, anyio.CancelScope] = {}
+            ended: dict[bytes, anyio.Event] = {}
+
+            async def campaign(coord: Coordinator, value: bytes) -> None:
+                ended[value] = anyio.Event()
+                try:
+                    with anyio.CancelScope() as scopes[value]:
+                        got[value] = await coord.election("cands").campaign(value)
+                finally:
+                    ended[value].set()
+
+            async with anyio.create_task_group() as tg:
+                expected = [b"a"]
+                for coord, value in ((b, b"b"), (c, b"c"), (d, b"d")):
+                    tg.start_soon(campaign, coord, value)
+                    expected.append(value)
+                    await _candidates(harness, election, list(expected), f"{value!r} queued")
+                await leadership.proclaim(b"a v2")
+                assert await election.candidates() == [b"a v2", b"b", b"c", b"d"], "a proclaim shows"
+                scopes[b"c"].cancel()
+                await harness.within(5, ended[b"c"].wait(), "c's cancelled campaign ending")
+                assert await election.candidates() == [b"a v2", b"b", b"d"], "a cancelled campaign leaves"
+                await leadership.resign()
+                assert b"a v2" not in await election.candidates(), "a resigned leader leaves"
+
+                def handed_over(now: list[bytes]) -> bool:
+                    return len(now) == 2 and set(now) == {b"b", b"d"} and bool(got)
+
+                now = await _candidates(harness, election, handed_over, "b or d leading")
+                (value,) = got
+                assert now[0] == value, f"the leader {value!r} comes first: {now}"
+                if Capability.FAIR in harness.capabilities:
+                    assert now == [b"b", b"d"], "FAIR: b joined first, so it leads"
+                tg.cancel_scope.cancel()
+            for leading in got.values():
+                await leading.resign()
+            assert await election.candidates() == []
+
+    @asyncio
+    @pytest.mark.requires(Capability.EXPIRE_SESSION)
+    async def test_candidates_drop_an_expired_leader(self, harness: Harness) -> None:
+        async with harness.sessions(2) as (a, b):
+            election = b.election("cands-exp")
+            leadership = await a.election("cands-exp").campaign(b"a")
+            async with anyio.create_task_group() as tg:
+                got: list[Leadership] = []
+
+                async def campaign() -> None:
+                    got.append(await election.campaign(b"b"))
+
+                tg.start_soon(campaign)
+                await _candidates(harness, election, [b"a", b"b"], "b queued behind a")
+                await harness.expire(a)
+            await _candidates(harness, election, [b"b"], "the expired leader leaving")
+            assert got[0].token > leadership.token
+            await got[0].resign()
+            assert await election.candidates() == []
+
+
+async def _candidates(
+    harness: Harness, election: Election, done: list[bytes] | Callable[[list[bytes]], bool], what: str
+) -> list[bytes]:
+    """``election.candidates()`` once it equals ``done`` (or ``done`` accepts it): read again
+    until then (a list has no watch), for at most 5 s scaled."""
+
+    async def poll() -> list[bytes]:
+        while True:
+            now = await election.candidates()
+            if now == done if isinstance(done, list) else done(now):
+                return now
+            await anyio.sleep(0.01)
+
+    return await harness.within(5, poll(), what)
 
 
 class ConfigTests:

@@ -225,6 +225,20 @@ class ConsulBackend(Backend):
         pair, _ = await read_key(self.http, lock_key("election", name), 0, self.timeout)
         return self._leader(pair)
 
+    async def candidates(self, name: str) -> list[bytes]:
+        """The leader (the election key's holder), then the live registrations of the
+        waiting candidates (:func:`candidate_key`) in the order they were made (a waiter that
+        took over keeps its registration until it resigns: not listed twice)."""
+        election = lock_key("election", name)
+        prefix = election.rsplit("/", 1)[0] + "/"
+        pairs = [p for p in await self.http.kv_list(prefix) if p.session and "/" not in p.key[len(prefix) :]]
+        leader = next((p for p in pairs if p.key == election), None)
+        leading = leader.session if leader else None
+        waiting = sorted(
+            (p for p in pairs if p.key != election and p.session != leading), key=lambda p: p.create_index
+        )
+        return ([leader.value] if leader else []) + [p.value for p in waiting]
+
     async def observe(self, name: str, resume: ResumePoint) -> AsyncGenerator[Leader | None, None]:
         # A blocking query may return without a change; the core drops repeats.
         key, http, index = lock_key("election", name), self.http, 0

@@ -230,6 +230,12 @@ class ConsulClient:
         with map_errors(_ERRORS):
             return (KVPair.from_json(raw) if raw else None), int(new_index)
 
+    async def kv_list(self, prefix: str) -> list[KVPair]:
+        """A consistent read of every key under ``prefix``, in key order."""
+        _, raw = await self._request(lambda: self._consul.kv.get(prefix, recurse=True))
+        with map_errors(_ERRORS):
+            return [KVPair.from_json(item) for item in raw or ()]
+
     async def txn(self, ops: list[dict[str, Any]], what: str) -> TxnOutcome:
         """Apply KV operations atomically (``PUT /v1/txn``); a 409 is a failed outcome.
         Never abandoned by :meth:`move_off` (locks, releases and writes are transactions)."""

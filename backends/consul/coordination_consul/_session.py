@@ -30,6 +30,7 @@ from ._client import ConsulClient, KVPair, TxnOutcome
 __all__ = [
     "LOCK_FLAG_VALUE",
     "ConsulSession",
+    "candidate_key",
     "lock_key",
     "next_index",
     "read_key",
@@ -60,6 +61,14 @@ def lock_key(kind: Kind, name: str) -> str:
     stay independent, and still one that ``consul lock <name>/.election`` campaigns on.
     """
     return f"{name}/.lock" if kind == "lock" else f"{name}/.election/.lock"
+
+
+def candidate_key(name: str, session_id: str) -> str:
+    """Where a candidate of election ``name`` registers, locked by its session, so that
+    :meth:`ConsulBackend.candidates` lists it: ``<name>/.election/<session id>`` (a session
+    has one candidate per election at a time). Consul's lock is not a queue, so this is
+    only a listing; who leads is decided by the election key alone."""
+    return f"{name}/.election/{session_id}"
 
 
 def token_of(pair: KVPair) -> int:
@@ -142,6 +151,8 @@ class _Contender:
     """The key as last read (``None``: absent, assumed before the first read)."""
     seen_index: int = 0
     """The index for the next blocking query on the key; 0 reads without blocking."""
+    registration: str | None = None
+    """An election candidate's :func:`candidate_key`, once a write of it was sent."""
 
 
 class ConsulSession(BackendSession[_Contender]):
@@ -190,10 +201,12 @@ class ConsulSession(BackendSession[_Contender]):
         # What could not be released is kept for the next try (the core retries a lost
         # session's close); destroying the session frees it anyway, under the lock-delay.
         released = True
-        for contender in [c for c in self._contenders if c.maybe_held]:
+        for contender in list(self._contenders):
             try:
-                await self._release(contender.key, contender.index)
-                contender.maybe_held = False
+                if contender.maybe_held:
+                    await self._release(contender.key, contender.index)
+                    contender.maybe_held = False
+                await self._unregister(contender)
             except CoordinationError:
                 released = False
         await self._http.session_destroy(self.id)
@@ -210,6 +223,9 @@ class ConsulSession(BackendSession[_Contender]):
         self._contenders.add(contender)
         try:
             token = await self._take(contender, blocking=False)
+            if token is None and kind == "election":
+                # Listed while it waits (a leader is listed by the election key itself).
+                await self._register(contender, name)
         except BaseException:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
                 try:
@@ -218,6 +234,41 @@ class ConsulSession(BackendSession[_Contender]):
                     log.info("could not release %r after a failed lock: %r", contender.key, error)
             raise
         return Queued(contender, token)
+
+    async def _register(self, contender: _Contender, name: str) -> None:
+        """List waiting ``contender`` as a candidate of ``name`` (its key, locked by this session), and
+        delete the registrations that ended sessions left (``behavior=release`` keeps a key
+        whose session ended, unlocked), as Consul's own semaphore prunes dead holders."""
+        key = contender.registration = candidate_key(name, self.id)
+        lock = {"Verb": "lock", "Key": key, "Value": b64(contender.value), "Session": self.id}
+        outcome = await self._http.txn([{"KV": lock}], f"to register a candidate at {key!r}")
+        if not outcome.ok:
+            if refusal(outcome, f"to register a candidate at {key!r}") == "expired":
+                raise SessionExpired(f"Consul no longer knows session {self.id}")
+            raise Unavailable(f"Consul refused the candidate key {key!r}: {outcome.errors}")
+        election = lock_key("election", name)
+        dead = [
+            {"KV": {"Verb": "delete-cas", "Key": pair.key, "Index": pair.modify_index}}
+            for pair in await self._http.kv_list(election.rsplit("/", 1)[0] + "/")
+            if pair.key != election and not pair.session
+        ]
+        if dead:  # a conflict means another pruned them first: nothing to do
+            await self._http.txn(dead[:64], f"to prune dead candidates of {name!r}")
+
+    async def _unregister(self, contender: _Contender) -> None:
+        key = contender.registration
+        if key is None:
+            return
+        outcome = await self._http.txn(
+            [
+                {"KV": {"Verb": "check-session", "Key": key, "Session": self.id}},
+                {"KV": {"Verb": "delete", "Key": key}},
+            ],
+            f"to unregister the candidate at {key!r}",
+        )
+        if not outcome.ok:
+            refusal(outcome, f"to unregister the candidate at {key!r}")  # Unavailable unless gone
+        contender.registration = None
 
     async def wait_owner(self, contender: _Contender) -> int:
         token = await self._take(contender, blocking=True)
@@ -346,6 +397,7 @@ class ConsulSession(BackendSession[_Contender]):
             # Unavailable: the core retries; the key stays this contender's turn meanwhile.
             await self._release(contender.key, contender.index)
             contender.maybe_held = False
+        await self._unregister(contender)
         self._contenders.discard(contender)
 
     async def proclaim(self, contender: _Contender, value: bytes) -> None:

@@ -262,6 +262,11 @@ class EtcdBackend(Backend):
         kv, _ = await edge_contender(self.client, name.encode() + b"/")
         return Leader(kv.value, kv.create_revision) if kv else None
 
+    async def candidates(self, name: str) -> list[bytes]:
+        prefix = name.encode() + b"/"
+        reply = await self.client.range(range_request(prefix, prefix=True, order="first"))
+        return [kv.value for kv in reply.kvs if is_contender(kv, prefix)]
+
     async def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:
         """Follow the leader key only, as etcd's ``Election.Observe`` does.
 

@@ -193,6 +193,22 @@ class ZooKeeperBackend(Backend):
                 continue  # the leader just left: look again
             return Leader(data or b"", stat.czxid)
 
+    async def candidates(self, name: str) -> list[bytes]:
+        parent = "/" + name
+        client = self.client
+        try:
+            queue = queue_order(await client.children(parent, sync=True))
+        except NoNode:
+            return []
+        values = []
+        for node in queue:
+            try:
+                data, _ = await client.get(f"{parent}/{node}")
+            except NoNode:
+                continue  # it left meanwhile
+            values.append(data or b"")
+        return values
+
     async def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:
         parent = "/" + name
         client = self.client

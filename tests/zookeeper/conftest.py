@@ -14,7 +14,7 @@ import anyio
 import pytest
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
 
-from coordination import Capability, Coordinator
+from coordination import Capability, Coordinator, HeldLock, Lock
 from coordination.testing import CoordinationFixtures, Harness
 from coordination.testing.holder import HolderProcess
 from coordination.testing.plugin import share_server
@@ -147,6 +147,35 @@ async def until_contenders(
             await anyio.sleep(0.02)
 
     await within(scaled(5), poll(), f"{count} contenders under {path}")
+
+
+def znode(zk_url: str, name: str) -> str:
+    """The znode of lock or election ``name`` under ``zk_url``'s namespace (what a peer uses)."""
+    return "/" + zk_url.split("/", 3)[3] + "/" + name
+
+
+async def acquire_once_released(
+    lock: Lock,
+    kazoo: KazooClient,
+    path: str,
+    release: Callable[[], Awaitable[object]],
+    scaled: Callable[[float], float],
+    peer: str,
+) -> HeldLock:
+    """``lock.acquire()`` while ``peer`` holds ``path``: it must wait (queued behind, not
+    holding) until ``release()`` lets it in; the lock it then holds."""
+    got: list[HeldLock] = []
+
+    async def acquire() -> None:
+        got.append(await lock.acquire())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(acquire)
+        await until_contenders(kazoo, path, 2, scaled)
+        assert not got, f"the SDK must wait while {peer} holds"
+        await release()
+    (held,) = got
+    return held
 
 
 @pytest.fixture(scope="session")

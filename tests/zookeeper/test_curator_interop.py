@@ -20,19 +20,23 @@ import pytest
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
 
 import coordination
-from coordination import HeldLock, Leader, Leadership
+from coordination import Leader, Leadership
 from coordination.testing.holder import HolderProcess, read_spans
 from coordination.testing.servers import ZooKeeperProcess
 
-from .conftest import CuratorPeer, curator_participants, in_thread, options, until_contenders
+from .conftest import (
+    CuratorPeer,
+    acquire_once_released,
+    curator_participants,
+    in_thread,
+    options,
+    until_contenders,
+    znode,
+)
 
 pytestmark = pytest.mark.asyncio
 
 JVM_START = 30.0  # seconds (scaled) for a JVM to start, connect and report
-
-
-def znode(zk_url: str, name: str) -> str:
-    return "/" + zk_url.split("/", 3)[3] + "/" + name
 
 
 async def test_lock_curator_then_sdk_then_curator(
@@ -51,17 +55,9 @@ async def test_lock_curator_then_sdk_then_curator(
         ) as coord:
             lock = coord.lock("shared")
             assert await lock.try_acquire() is None, "a lock Curator holds is not free"
-            got: list[HeldLock] = []
-
-            async def acquire() -> None:
-                got.append(await lock.acquire())
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(acquire)
-                await until_contenders(kazoo, path, 2, scaled)
-                assert not got, "the SDK must wait while Curator holds"
-                await first.send("release")
-            (held,) = got
+            held = await acquire_once_released(
+                lock, kazoo, path, lambda: first.send("release"), scaled, "Curator"
+            )
             assert held.token > (by_curator.token or 0)
             (node,) = await in_thread(kazoo.get_children, path)
             assert node.startswith("_c_"), f"not Curator's naming: {node}"

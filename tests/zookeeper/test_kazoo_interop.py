@@ -13,9 +13,9 @@ import pytest
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
 
 import coordination
-from coordination import HeldLock, Leader, Leadership
+from coordination import Leader, Leadership
 
-from .conftest import in_thread, options, until_contenders, within
+from .conftest import acquire_once_released, in_thread, options, until_contenders, within, znode
 
 pytestmark = pytest.mark.asyncio
 
@@ -23,23 +23,15 @@ pytestmark = pytest.mark.asyncio
 async def test_lock_kazoo_then_sdk_then_kazoo(
     kazoo: KazooClient, zk_url: str, scaled: Callable[[float], float]
 ) -> None:
-    path = "/" + zk_url.split("/", 3)[3] + "/shared"
+    path = znode(zk_url, "shared")
     first = kazoo.Lock(path, "kazoo-1")
     assert await in_thread(first.acquire, timeout=scaled(5))
     async with coordination.connect(zk_url, identity="sdk-holder", **options()) as coord:
         lock = coord.lock("shared")
         assert await lock.try_acquire() is None, "a lock kazoo holds is not free"
-        got: list[HeldLock] = []
-
-        async def acquire() -> None:
-            got.append(await lock.acquire())
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(acquire)
-            await until_contenders(kazoo, path, 2, scaled)
-            assert not got
-            await in_thread(first.release)
-        (held,) = got
+        held = await acquire_once_released(
+            lock, kazoo, path, lambda: in_thread(first.release), scaled, "kazoo"
+        )
         assert held.held
 
         # kazoo sees the SDK's holder and cannot take the lock...
@@ -74,7 +66,7 @@ async def test_lock_kazoo_then_sdk_then_kazoo(
 async def test_election_kazoo_then_sdk_then_kazoo(
     kazoo: KazooClient, zk_url: str, scaled: Callable[[float], float]
 ) -> None:
-    path = "/" + zk_url.split("/", 3)[3] + "/vote"
+    path = znode(zk_url, "vote")
     kazoo_leading, kazoo_resign = threading.Event(), threading.Event()
 
     def lead(event: threading.Event, resign: threading.Event) -> None:

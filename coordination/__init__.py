@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ._coordinator import Coordinator
-from ._types import Leader, SessionState, Versioned
+from ._types import Leader, Member, SessionState, Versioned
 from ._url import default_identity, parse_url, resolve_options
 from .abc import Backend
 from .capabilities import Capability
@@ -40,7 +40,7 @@ from .exceptions import (
     Unavailable,
     Unsupported,
 )
-from .primitives import Campaign, Config, Election, HeldLock, Leadership, Lock
+from .primitives import Campaign, Config, Election, Group, HeldLock, Joining, Leadership, Lock, Membership
 
 __all__ = [
     "AcquireTimeout",
@@ -51,14 +51,18 @@ __all__ = [
     "CoordinationError",
     "Coordinator",
     "Election",
+    "Group",
     "HeldLock",
     "InvalidName",
     "InvalidURL",
+    "Joining",
     "Leader",
     "Leadership",
     "LeadershipLost",
     "Lock",
     "LockLost",
+    "Member",
+    "Membership",
     "NotHeld",
     "OperationTimeout",
     "SessionExpired",

@@ -14,7 +14,7 @@ from ._names import validate_name
 from ._types import SessionState
 from .abc import Backend
 from .capabilities import Capability
-from .primitives import Config, Election, Lock
+from .primitives import Config, Election, Group, Lock
 
 __all__ = ["Coordinator"]
 
@@ -89,6 +89,10 @@ class Coordinator:
     def config(self, name: str) -> Config:
         """A watched config value named ``name`` (no I/O until used)."""
         return Config(self._engine, validate_name(name))
+
+    def group(self, name: str) -> Group:
+        """A group named ``name``: join it, list its members, watch them (no I/O until used)."""
+        return Group(self._engine, validate_name(name))
 
     # -- operators -------------------------------------------------------------------------
 

@@ -33,9 +33,10 @@ from .exceptions import (
     OperationTimeout,
     SessionExpired,
     Unavailable,
+    Unsupported,
 )
 
-__all__ = ["Contender", "Engine", "Holding", "Session", "reply_budget", "safety_margin"]
+__all__ = ["Contender", "Engine", "Holding", "Membership", "Session", "reply_budget", "safety_margin"]
 
 log = logging.getLogger("coordination")
 
@@ -275,6 +276,64 @@ class Holding:
         with anyio.CancelScope(shield=True):
             await self._end()
         return swallowed
+
+
+class Membership:
+    """This coordinator's member of a group: on the server while a session lives, joined
+    again by itself on the next session after a loss (membership is not exclusive, so a
+    re-join is safe), until :meth:`leave` or the coordinator closes.
+
+    ``async with group.join(value) as member:`` leaves at the end of the block;
+    ``member = await group.join(value)`` lasts until ``await member.leave()``.
+    """
+
+    def __init__(self, engine: Engine, group: str, member_id: str, value: bytes) -> None:
+        self._engine = engine
+        self.group = group
+        """The group's name."""
+        self.id = member_id
+        """The member's id in the group: unique, and the same across re-joins."""
+        self.value = value
+        """The value it joined with."""
+        self._key = engine.key(group)
+        self._session: Session | None = None  # the session its entry is on, while live
+        self._joined = anyio.Event()  # set by each join that reached the server
+        self._ended = anyio.Event()  # the keeper task ended
+        self._scope = anyio.CancelScope()
+        self._error: CoordinationError | None = None  # why the keeper gave up
+        self._left = False
+
+    def __repr__(self) -> str:
+        state = "left" if self._left else "joined" if self.joined else "joining"
+        return f"<Membership {self.group!r} id={self.id} {state}>"
+
+    @property
+    def joined(self) -> bool:
+        """True while the member is on the server on a live session (False between a lost
+        session and the re-join on the next one, and after :meth:`leave`)."""
+        session = self._session
+        return not self._left and session is not None and session.live()
+
+    async def leave(self) -> None:
+        """Leave the group: the entry is removed now (it would go with the session anyway).
+        Leaving twice is harmless."""
+        if self._left:
+            return
+        self._left = True
+        with anyio.CancelScope(shield=True):
+            self._scope.cancel()
+            await self._ended.wait()
+            session, self._session = self._session, None
+            if session is not None and not session.lost.is_set():
+                await self._engine.leave(session, self)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.leave()
 
 
 class Engine:
@@ -736,6 +795,111 @@ class Engine:
                     pass
         finally:
             session.pass_turn(contender)
+
+    # -- group members ---------------------------------------------------------------------
+
+    async def join(self, membership: Membership) -> None:
+        """Put ``membership`` on the server and keep it there (re-joining on every new
+        session) in a task of the coordinator's own; return once it first joined. Raises
+        :class:`~coordination.OperationTimeout` (leaving nothing behind) if it could not join
+        within the operation timeout."""
+        self.check_open()
+        assert self._tg is not None
+        self._tg.start_soon(self._keep_member, membership)
+        with anyio.move_on_after(self._timeout):
+            async with anyio.create_task_group() as tg:
+
+                async def ended() -> None:
+                    await membership._ended.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(ended)
+                await membership._joined.wait()
+                tg.cancel_scope.cancel()
+        if membership._joined.is_set():
+            return
+        await membership.leave()
+        if membership._error is not None:
+            raise membership._error
+        raise OperationTimeout(
+            f"could not join group {membership.group!r} within the {self._timeout:g}s operation timeout"
+        )
+
+    async def _keep_member(self, membership: Membership) -> None:
+        backoff = Backoff()
+        what = f"joining group {membership.group!r}"
+        try:
+            with membership._scope:
+                while True:
+                    session = await self._next_session()
+                    try:
+                        # Shielded: a leave() waits for a join in flight, then removes what
+                        # it made, so a cancelled join cannot leave a member behind.
+                        with anyio.CancelScope(shield=True):
+                            await self.call(
+                                session.bs.join(membership._key, membership.id, membership.value), what
+                            )
+                    except SessionExpired as exc:
+                        session.lose(f"the server expired the session ({exc})")
+                        continue
+                    except _TRANSIENT as exc:
+                        log.info("%s failed, retrying: %r", what, exc)
+                        await backoff.wait()
+                        continue
+                    except Unsupported as exc:
+                        membership._error = exc
+                        return
+                    backoff.reset()
+                    membership._session = session
+                    membership._joined.set()
+                    await session.lost.wait()
+                    membership._session = None
+                    log.info(
+                        "group %r: member %s joins again on the next session", membership.group, membership.id
+                    )
+        finally:
+            membership._ended.set()
+
+    async def _next_session(self) -> Session:
+        """The live session, waiting as long as it takes for one to be installed."""
+        while True:
+            session = self._session
+            if session is not None and not session.lost.is_set():
+                return session
+            assert self._ready is not None
+            await self._ready.wait()
+
+    async def leave(self, session: Session, membership: Membership) -> None:
+        """Remove ``membership``'s entry from ``session`` now, trying again for up to the
+        operation timeout; after that the session's end removes it."""
+        deadline, backoff = time.monotonic() + self._timeout, Backoff()
+        while not session.lost.is_set():
+            try:
+                with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+                    await session.bs.leave(membership._key, membership.id)
+                return
+            except SessionExpired:
+                return
+            except (*_TRANSIENT, TimeoutError) as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= backoff.delay:
+                    log.info("leaving group %r failed, retrying in the background: %r", membership.group, exc)
+                    if self._tg is not None:
+                        self._tg.start_soon(self._leave_later, session, membership)
+                    return
+                await backoff.wait(at_most=remaining)
+
+    async def _leave_later(self, session: Session, membership: Membership) -> None:
+        backoff = Backoff(first=0.1)
+        while not session.lost.is_set():
+            await backoff.wait()
+            try:
+                await self.call(session.bs.leave(membership._key, membership.id), "leaving a group")
+                return
+            except SessionExpired:
+                return
+            except _TRANSIENT:
+                pass
 
     async def stream(self, factory: Callable[[ResumePoint], AsyncIterator[T]], what: str) -> AsyncIterator[T]:
         """Iterate a backend stream, restarting it after a transient failure or a lost session,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-__all__ = ["Leader", "SessionState", "Versioned"]
+__all__ = ["Leader", "Member", "SessionState", "Versioned"]
 
 
 class SessionState(enum.Enum):
@@ -33,3 +33,10 @@ class Versioned(NamedTuple):
 
     value: bytes
     version: int
+
+
+class Member(NamedTuple):
+    """A member of a group: its id (unique in the group, kept across re-joins) and value."""
+
+    id: str
+    value: bytes

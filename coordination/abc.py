@@ -15,8 +15,9 @@ in three layers:
 * :class:`Backend` — one client connection per ``connect()``: config reads and writes,
   election reads, opening sessions.
 * :class:`BackendSession` — one server-side session (a ZooKeeper session, an etcd lease,
-  a Consul session): keepalive, close, and the contender queue that locks and elections
-  share (``enqueue`` → ``wait_owner`` → ``withdraw``).
+  a Consul session): keepalive, close, the contender queue that locks and elections
+  share (``enqueue`` → ``wait_owner`` → ``withdraw``), and group members
+  (``join`` → ``leave``).
 * :class:`SessionMonitor` — given by the core; the backend calls it when it learns of a
   disconnect, a reconnect or an expiry before the next keepalive would.
 
@@ -38,7 +39,7 @@ from typing import Any, ClassVar, Generic, Literal, NamedTuple, Protocol, TypeVa
 import anyio
 from anyio.abc import TaskGroup
 
-from ._types import Leader, Versioned
+from ._types import Leader, Member, Versioned
 from ._url import COMMON_OPTIONS, TLS_OPTIONS, Option, ParsedURL, parse_url
 from .capabilities import Capability
 from .exceptions import CoordinationError, Unsupported
@@ -235,6 +236,26 @@ class BackendSession(ABC, Generic[ContenderT]):
         Raises :class:`~coordination.NotHeld` if ``contender`` is no longer the owner.
         """
 
+    # -- group members -------------------------------------------------------------------
+
+    async def join(self, group: str, member_id: str, value: bytes) -> None:
+        """Make ``member_id`` (with ``value``) a member of ``group``, bound to this session: it
+        leaves when the session ends, however it ends.
+
+        The core picks the id and keeps it across sessions: after a loss it joins the same id
+        on its next session, possibly while the server still keeps the entry of the session
+        before (not yet expired or closed). Replace that entry then; never fail on it. A
+        lost reply to the write may be retried with the same arguments. The default refuses:
+        a backend that has groups overrides this, :meth:`leave`, :meth:`Backend.members` and
+        :meth:`Backend.watch_group`.
+        """
+        raise Unsupported("this backend has no group membership")
+
+    async def leave(self, group: str, member_id: str) -> None:
+        """Remove ``member_id`` from ``group`` if this session's entry is still there (never
+        another session's); succeed if it is gone already."""
+        raise Unsupported("this backend has no group membership")
+
 
 class Backend(ABC):
     """One client connection to a coordination service, made by ``connect()``.
@@ -338,6 +359,24 @@ class Backend(ABC):
         proclaimed). A candidate that left (resigned, cancelled, its session ended) is not
         listed. The default refuses: a backend that can list them overrides this."""
         raise Unsupported(f"the {self.scheme} backend cannot list an election's candidates")
+
+    # -- groups (no session needed) ------------------------------------------------------
+
+    async def members(self, group: str) -> list[Member]:
+        """Every member of ``group`` whose session lives, in any order (the core sorts them
+        by id). Members that peers of the native layout made count too."""
+        raise Unsupported(f"the {self.scheme} backend has no group membership")
+
+    async def watch_group(self, group: str, resume: ResumePoint) -> AsyncIterator[list[Member]]:
+        """Yield the members of ``group`` now, then after every change, in any order.
+
+        One server-side watch for the whole group, however many members it has (not one per
+        member). Repeats are fine: the core drops a list equal to the one before. Raise
+        :class:`~coordination.Unavailable` when the stream breaks, without retrying: the
+        core restarts it with the same ``resume`` point.
+        """
+        raise Unsupported(f"the {self.scheme} backend has no group membership")
+        yield []  # pragma: no cover - makes this an async generator
 
     @abstractmethod
     def observe(self, name: str, resume: ResumePoint) -> AsyncIterator[Leader | None]:

@@ -36,7 +36,7 @@ from typing import Any
 
 import anyio
 
-from ._types import Leader, Versioned
+from ._types import Leader, Member, Versioned
 from ._url import ParsedURL
 from .abc import Backend, BackendSession, Kind, Queued, ResumePoint, SessionMonitor
 from .capabilities import Capability
@@ -90,7 +90,10 @@ class MemoryStore:
         self.sessions: dict[str, _MemorySession] = {}
         self.queues: dict[tuple[Kind, str], list[_Contender]] = {}
         self.values: dict[str, Versioned] = {}
+        self.groups: dict[str, dict[str, tuple[_MemorySession, bytes]]] = {}
         self.changes = _Changes()
+        self.watching: dict[str, int] = {}
+        """Per group, how many watches wait on it now (the suite counts them)."""
 
     @classmethod
     def attach(cls, name: str) -> MemoryStore:
@@ -134,6 +137,30 @@ class MemoryStore:
         del self.sessions[session.id]
         for contender in list(session.contenders):
             self.remove(contender)
+        for group, member_id in list(session.members):
+            self.drop_member(session, group, member_id)
+
+    def drop_member(self, session: _MemorySession, group: str, member_id: str) -> None:
+        """Remove ``session``'s entry for ``member_id`` (not another session's)."""
+        session.members.discard((group, member_id))
+        members = self.groups.get(group, {})
+        entry = members.get(member_id)
+        if entry is None or entry[0] is not session:
+            return
+        del members[member_id]
+        if not members:
+            del self.groups[group]
+        self.changes.notify(("group", group))
+
+    def members(self, group: str) -> list[Member]:
+        self.reap()
+        return [Member(member_id, value) for member_id, (_, value) in self.groups.get(group, {}).items()]
+
+    def members_ttl_left(self, group: str) -> float:
+        """Seconds until the first member session of ``group`` expires unless renewed."""
+        now = time.monotonic()
+        entries = self.groups.get(group, {}).values()
+        return max(0.0, min((session.expires_at - now for session, _ in entries), default=math.inf))
 
     def remove(self, contender: _Contender) -> None:
         key = (contender.kind, contender.name)
@@ -180,6 +207,7 @@ class _MemorySession(BackendSession[_Contender]):
         self.monitor = monitor
         self.expires_at = time.monotonic() + ttl
         self.contenders: set[_Contender] = set()
+        self.members: set[tuple[str, str]] = set()
 
     def _check(self) -> None:
         self.store.reap()
@@ -242,6 +270,21 @@ class _MemorySession(BackendSession[_Contender]):
         contender.value = value
         self.store.changes.notify((contender.kind, contender.name))
 
+    async def join(self, group: str, member_id: str, value: bytes) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._check()
+        members = self.store.groups.setdefault(group, {})
+        previous = members.get(member_id)
+        if previous is not None and previous[0] is not self:
+            previous[0].members.discard((group, member_id))  # an earlier session's entry
+        members[member_id] = (self, value)
+        self.members.add((group, member_id))
+        self.store.changes.notify(("group", group))
+
+    async def leave(self, group: str, member_id: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.store.drop_member(self, group, member_id)
+
 
 class MemoryBackend(Backend):
     """``memory://[NAME]``: the embedded in-process backend (see the module docstring)."""
@@ -299,6 +342,22 @@ class MemoryBackend(Backend):
             yield Leader(head.value, head.revision) if head else None
             with anyio.move_on_after(store.ttl_left(head)):
                 await changed.wait()
+
+    async def members(self, group: str) -> list[Member]:
+        await anyio.lowlevel.checkpoint()
+        return self.store.members(group)
+
+    async def watch_group(self, group: str, resume: ResumePoint) -> AsyncIterator[list[Member]]:
+        store = self.store
+        while True:
+            changed = store.changes.event(("group", group))
+            yield store.members(group)
+            store.watching[group] = store.watching.get(group, 0) + 1
+            try:
+                with anyio.move_on_after(store.members_ttl_left(group)):
+                    await changed.wait()
+            finally:
+                store.watching[group] -= 1
 
     async def get(self, key: str) -> Versioned | None:
         await anyio.lowlevel.checkpoint()

@@ -1,25 +1,38 @@
-"""The user-facing primitives: locks, elections and config values.
+"""The user-facing primitives: locks, elections, config values and groups.
 
 Made by a :class:`~coordination.Coordinator` (``coord.lock(name)``, ``coord.election(name)``,
-``coord.config(name)``); none of them does I/O when created. They run on the
+``coord.config(name)``, ``coord.group(name)``); none of them does I/O when created. They run on the
 :class:`~coordination._engine.Engine` below them, which owns sessions and holdings.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
 from typing import Any
 
 import anyio
 
-from ._engine import Contender, Engine, Holding, Session
+from ._engine import Contender, Engine, Holding, Membership, Session
 from ._names import validate_value
-from ._types import Leader, Versioned
+from ._types import Leader, Member, Versioned
 from .abc import HISTORY_RESET
 from .exceptions import LeadershipLost, LockLost
 
-__all__ = ["Config", "Election", "HeldLock", "Leader", "Leadership", "Lock", "Versioned"]
+__all__ = [
+    "Config",
+    "Election",
+    "Group",
+    "HeldLock",
+    "Joining",
+    "Leader",
+    "Leadership",
+    "Lock",
+    "Member",
+    "Membership",
+    "Versioned",
+]
 
 
 class HeldLock(Holding):
@@ -264,3 +277,74 @@ class Config:
                     continue
                 last_version, absent = item.version, False
             yield item
+
+
+class Joining:
+    """A pending join: ``await`` it for the :class:`Membership`, or use ``async with`` (the
+    member leaves at the end of the block)."""
+
+    def __init__(self, group: Group, value: bytes) -> None:
+        self._group = group
+        self._value = value
+        self._membership: Membership | None = None
+
+    async def _run(self) -> Membership:
+        engine = self._group._engine
+        membership = Membership(engine, self._group.name, uuid.uuid4().hex, self._value)
+        await engine.join(membership)
+        return membership
+
+    def __await__(self) -> Generator[Any, None, Membership]:
+        return self._run().__await__()
+
+    async def __aenter__(self) -> Membership:
+        if self._membership is not None:
+            raise RuntimeError("a Joining can be entered only once; call join() again")
+        self._membership = await self._run()
+        return self._membership
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._membership is not None
+        await self._membership.leave()
+
+
+class Group:
+    """A group: who is a member right now. A member exists while its session lives."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
+        self.name = name
+        self._key = engine.key(name)
+
+    def __repr__(self) -> str:
+        return f"<Group {self.name!r}>"
+
+    def join(self, value: bytes) -> Joining:
+        """Join with ``value`` (an address, say); re-joined by itself after a session loss.
+
+        ``async with group.join(b"10.0.0.7:8080") as member:`` is a member for the block;
+        ``member = await group.join(...)`` until ``await member.leave()``. Raises
+        :class:`~coordination.OperationTimeout` if the server cannot be reached in time.
+        """
+        return Joining(self, validate_value(value))
+
+    async def members(self) -> list[Member]:
+        """Every member, sorted by id."""
+        engine = self._engine
+        engine.check_open()
+        found = await engine.call(engine.backend.members(self._key), f"listing group {self.name!r}")
+        return sorted(found)
+
+    async def watch(self) -> AsyncGenerator[list[Member], None]:
+        """Yield the members (sorted by id) now, then after every change."""
+        backend, key = self._engine.backend, self._key
+        last: list[Member] | None = None
+        async for found in self._engine.stream(
+            lambda resume: backend.watch_group(key, resume), f"watching group {self.name!r}"
+        ):
+            members = sorted(found)
+            if members != last:
+                last = members
+                yield members

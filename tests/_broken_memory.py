@@ -19,9 +19,9 @@ import anyio
 import pytest
 
 import coordination
-from coordination import Versioned
+from coordination import Coordinator, Member, Versioned
 from coordination.abc import Kind, Queued, ResumePoint
-from coordination.memory import MemoryBackend, _Contender, _MemorySession
+from coordination.memory import MemoryBackend, MemoryStore, _Contender, _MemorySession
 from coordination.testing import CoordinationFixtures, Harness
 
 __all__ = ["VARIANTS", "BrokenMemoryFixtures", "register"]
@@ -279,6 +279,88 @@ class StaleCandidatesBackend(_Variant):
         return list(joined.values())
 
 
+# -- group members not bound to their session ----------------------------------------------
+
+
+class _UnboundMembersSession(_MemorySession):
+    async def join(self, group: str, member_id: str, value: bytes) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._check()
+        _kept(self.store).setdefault(group, {})[member_id] = value
+        self.store.changes.notify(("group", group))
+
+    async def leave(self, group: str, member_id: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        _kept(self.store).get(group, {}).pop(member_id, None)
+        self.store.changes.notify(("group", group))
+
+
+def _kept(store: MemoryStore) -> dict[str, dict[str, bytes]]:
+    """The unbound members of ``store``, by group."""
+    kept: dict[str, dict[str, bytes]] = store.__dict__.setdefault("unbound_members", {})
+    return kept
+
+
+class UnboundMembersBackend(_Variant):
+    """Members are kept apart from their session: leave() removes one, but a session that
+    ends (closed, expired) leaves its members behind."""
+
+    scheme = "memory-unbound-members"
+    session_class = _UnboundMembersSession
+
+    def _listed(self, group: str) -> list[Member]:
+        return [Member(member_id, value) for member_id, value in _kept(self.store).get(group, {}).items()]
+
+    async def members(self, group: str) -> list[Member]:
+        await anyio.lowlevel.checkpoint()
+        return self._listed(group)
+
+    async def watch_group(self, group: str, resume: ResumePoint) -> AsyncIterator[list[Member]]:
+        store = self.store
+        while True:
+            changed = store.changes.event(("group", group))
+            yield self._listed(group)
+            store.watching[group] = store.watching.get(group, 0) + 1
+            try:
+                await changed.wait()
+            finally:
+                store.watching[group] -= 1
+
+
+# -- a group watch that polls, or watches every member ----------------------------------------
+
+
+class GroupPollBackend(_Variant):
+    """The group watch reads the members again every 50 ms: no watch on the server."""
+
+    scheme = "memory-group-poll"
+
+    async def watch_group(self, group: str, resume: ResumePoint) -> AsyncIterator[list[Member]]:
+        while True:
+            yield self.store.members(group)
+            await anyio.sleep(0.05)
+
+
+class GroupWatchEachBackend(_Variant):
+    """The group watch holds one watch per member (and one for the group)."""
+
+    scheme = "memory-group-watch-each"
+
+    async def watch_group(self, group: str, resume: ResumePoint) -> AsyncIterator[list[Member]]:
+        store = self.store
+        while True:
+            changed = store.changes.event(("group", group))
+            members = store.members(group)
+            yield members
+            watches = 1 + len(members)
+            store.watching[group] = store.watching.get(group, 0) + watches
+            try:
+                with anyio.move_on_after(store.members_ttl_left(group)):
+                    await changed.wait()
+            finally:
+                store.watching[group] -= watches
+
+
 VARIANTS: dict[str, type[MemoryBackend]] = {
     backend.scheme: backend
     for backend in (
@@ -292,6 +374,9 @@ VARIANTS: dict[str, type[MemoryBackend]] = {
         OutOfOrderWatchBackend,
         SilentLossBackend,
         StaleCandidatesBackend,
+        UnboundMembersBackend,
+        GroupPollBackend,
+        GroupWatchEachBackend,
     )
 }
 """Every broken variant by its scheme."""
@@ -312,6 +397,12 @@ class BrokenMemoryFixtures(CoordinationFixtures):
     @pytest.fixture
     def coordination_url(self) -> str:
         return f"{self.scheme}://conformance-{uuid.uuid4().hex[:8]}"
+
+    async def watches(self, harness: Harness, coord: Coordinator) -> int:
+        """The watches waiting in the store of ``coord``'s connection."""
+        backend = coord.driver
+        assert isinstance(backend, MemoryBackend)
+        return sum(backend.store.watching.values())
 
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Contenders queued under the namespace, and sessions of ``session_ids`` still alive."""

@@ -521,6 +521,7 @@ async def test_the_coordinator_offers_users_no_engine_methods() -> None:
             "driver",
             "election",
             "expire_session",
+            "group",
             "identity",
             "lock",
             "namespace",

@@ -7,12 +7,14 @@ from collections.abc import Collection
 
 import pytest
 
+from coordination import Coordinator
 from coordination.memory import MemoryBackend
 from coordination.testing import (
     BadInputTests,
     ConfigTests,
     CoordinationFixtures,
     ElectionTests,
+    GroupTests,
     Harness,
     LockTests,
     SessionTests,
@@ -39,6 +41,16 @@ class MemoryFixtures(CoordinationFixtures):
             ]
             found += [f"session {sid}" for sid in session_ids if sid in store.sessions]
         return found
+
+    async def watches(self, harness: Harness, coord: Coordinator) -> int:
+        """The watches waiting in the store of ``coord``'s connection."""
+        backend = coord.driver
+        assert isinstance(backend, MemoryBackend)
+        return sum(backend.store.watching.values())
+
+
+class TestGroup(GroupTests, MemoryFixtures):
+    pass
 
 
 class TestLock(LockTests, MemoryFixtures):

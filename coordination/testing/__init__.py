@@ -1,7 +1,7 @@
 """The conformance suite every backend passes, and what it needs to run.
 
 * :mod:`coordination.testing.suite` — the test mixins (``LockTests``, ``ElectionTests``,
-  ``ConfigTests``, ``SessionTests``, ``BadInputTests``);
+  ``ConfigTests``, ``SessionTests``, ``BadInputTests``, ``GroupTests``);
 * :mod:`coordination.testing.faults` — ``FaultTests``, the fault suite (marked ``faults``);
 * :mod:`coordination.testing.cluster` — ``ClusterFaultTests``, the cluster fault suite
   (marked ``faults`` and ``cluster``): nodes of a server cluster killed, cut off, restarted;
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .cluster import ClusterFaultTests
     from .faults import FaultTests
     from .fixtures import ClusterHarness, CoordinationFixtures, Harness, Recorder, SharedCluster
-    from .suite import BadInputTests, ConfigTests, ElectionTests, LockTests, SessionTests
+    from .suite import BadInputTests, ConfigTests, ElectionTests, GroupTests, LockTests, SessionTests
 
 __all__ = [
     "BadInputTests",
@@ -39,6 +39,7 @@ __all__ = [
     "CoordinationFixtures",
     "ElectionTests",
     "FaultTests",
+    "GroupTests",
     "Harness",
     "LockTests",
     "Recorder",
@@ -57,6 +58,7 @@ _WHERE = {
     "BadInputTests": ".suite",
     "ConfigTests": ".suite",
     "ElectionTests": ".suite",
+    "GroupTests": ".suite",
     "LockTests": ".suite",
     "SessionTests": ".suite",
 }

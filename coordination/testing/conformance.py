@@ -17,7 +17,7 @@ import pytest
 
 from .faults import FaultTests
 from .fixtures import CoordinationFixtures
-from .suite import BadInputTests, ConfigTests, ElectionTests, LockTests, SessionTests
+from .suite import BadInputTests, ConfigTests, ElectionTests, GroupTests, LockTests, SessionTests
 
 
 class URLFixtures(CoordinationFixtures):
@@ -46,6 +46,10 @@ class TestSession(SessionTests, URLFixtures):
 
 
 class TestBadInput(BadInputTests, URLFixtures):
+    pass
+
+
+class TestGroup(GroupTests, URLFixtures):
     pass
 
 

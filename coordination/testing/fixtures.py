@@ -347,6 +347,10 @@ class Harness:
         """Wake-ups of waiters on ``coords`` so far (:meth:`CoordinationFixtures.wakeups`)."""
         return await self.fixtures.wakeups(self, coords)
 
+    async def watches(self, coord: Coordinator) -> int | None:
+        """Server-side watches of ``coord``'s client now (:meth:`CoordinationFixtures.watches`)."""
+        return await self.fixtures.watches(self, coord)
+
     def connect(self, **options: Any) -> Coordinator:
         """An unopened coordinator on the test's namespace (the suite's options, overridden)."""
         return coordination.connect(self.url, **{**self.options, **options})
@@ -532,6 +536,18 @@ class CoordinationFixtures:
         """
         counts = [coord.driver.wakeups for coord in coords]
         return None if None in counts else sum(count or 0 for count in counts)
+
+    async def watches(self, harness: Harness, coord: Coordinator) -> int | None:
+        """How many watches the server holds now for ``coord``'s client (ZooKeeper watches,
+        etcd watchers, Consul blocking queries), counted by the server or the store, not by
+        the client. A count of the whole server is fine where the test holds no other watch:
+        the suite compares it with the count before its watch started.
+
+        The group tests check with it that a watch of 1,000 members is one watch, not one per
+        member, and not none (a poll). ``None`` (the default): the fixture cannot tell, and
+        that check is reported as not run.
+        """
+        return None
 
     def takeover_floor(self, options: dict[str, Any]) -> float:
         """The earliest (in seconds) another session may take the lock of a holder whose process

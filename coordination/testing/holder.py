@@ -51,6 +51,10 @@ loss.
 With an election (``--election VALUE``) the events are the same, with the leadership's
 token; releasing is resigning.
 
+With ``--member VALUE`` it joins the group ``NAME`` with ``VALUE`` instead, reports
+``joined - <time> <member id>`` once the member is on the server, and stays a member (re-
+joined by the coordinator after a session loss) until it is killed or told ``exit``.
+
 ``--spans PATH`` appends the holder's spans to a log file that several holders share, one
 line each, written with a single ``os.write`` on an ``O_APPEND`` descriptor (so lines of
 different processes never interleave)::
@@ -194,6 +198,10 @@ class _Holder:
             tg.start_soon(self._report_states, coord)
             if args.commands:
                 tg.start_soon(self._commands, tg)
+            if args.member is not None:
+                member = await coord.group(args.name).join(args.member.encode())
+                _emit("joined", None, member.id)
+                await anyio.sleep_forever()
             if args.election is None:
                 acquire: Callable[[], Awaitable[HeldLock | Leadership]] = coord.lock(args.name).acquire
             else:
@@ -295,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--commands", action="store_true")
     parser.add_argument(
         "--election", default=None, metavar="VALUE", help="campaign with VALUE instead of locking"
+    )
+    parser.add_argument(
+        "--member", default=None, metavar="VALUE", help="join the group NAME with VALUE instead of locking"
     )
     parser.add_argument("--spans", default=None, metavar="PATH", help="append each held span to this log")
     parser.add_argument("--label", default=None, help="this holder's name in the span log (default: its pid)")

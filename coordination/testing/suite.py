@@ -8,6 +8,7 @@ each with its fixture class (see :class:`~coordination.testing.CoordinationFixtu
     class TestConfig(ConfigTests, MyFixtures): pass
     class TestSession(SessionTests, MyFixtures): pass
     class TestBadInput(BadInputTests, MyFixtures): pass
+    class TestGroup(GroupTests, MyFixtures): pass
 
 A test that needs a capability is marked ``@pytest.mark.requires(Capability.X)``; on a
 backend that does not declare it, it is reported as skipped with the capability's name.
@@ -40,16 +41,18 @@ from coordination import (
     Leadership,
     LeadershipLost,
     LockLost,
+    Member,
+    Membership,
     NotHeld,
     SessionState,
     Versioned,
 )
 
 from .fenced import FencedProcess
-from .fixtures import Harness, WatchTap, not_run
+from .fixtures import Harness, Recorder, WatchTap, not_run
 from .holder import read_spans
 
-__all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "LockTests", "SessionTests"]
+__all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "GroupTests", "LockTests", "SessionTests"]
 
 asyncio = pytest.mark.asyncio
 
@@ -773,6 +776,233 @@ async def _candidates(
             await anyio.sleep(0.01)
 
     return await harness.within(5, poll(), what)
+
+
+class GroupTests:
+    """Group membership: join, leave, members and watch; a member goes with its session and
+    is re-joined by its coordinator on the next one."""
+
+    many_members = 1000
+    """How many members the crowd test joins (over ``member_sessions`` coordinators)."""
+
+    member_sessions = 10
+
+    @asyncio
+    async def test_join_list_leave(self, harness: Harness) -> None:
+        """A joined member is listed at once by any session, sorted by id, with its value;
+        one coordinator may have several; leave and the end of ``async with`` remove it."""
+        async with harness.sessions(3) as (a, b, c):
+            group = c.group("workers")
+            assert await group.members() == []
+            async with a.group("workers").join(b"a:1") as ma:
+                assert (ma.value, ma.joined) == (b"a:1", True)
+                assert isinstance(ma.id, str)
+                assert ma.id
+                mb = await b.group("workers").join(b"b:1")
+                mb2 = await b.group("workers").join(b"b:2")
+                assert len({ma.id, mb.id, mb2.id}) == 3, "ids are unique"
+                expected = _members(ma, mb, mb2)
+                assert await group.members() == expected, "every member, sorted by id"
+                assert await a.group("workers").members() == expected, "the same from a member's session"
+                assert await c.group("workers-other").members() == [], "another group shares nothing"
+                await mb.leave()
+                assert not mb.joined
+                assert await group.members() == _members(ma, mb2), "leave() removes the member at once"
+                await mb.leave()  # leaving twice is harmless
+                await mb2.leave()
+            assert not ma.joined
+            assert await group.members() == [], "the end of async with leaves"
+
+    @asyncio
+    async def test_watch_sees_joins_and_leaves(self, harness: Harness) -> None:
+        """The watch yields the current members first, then the list after each change, each
+        list a state the group was in (in order, no repeats)."""
+        async with harness.sessions(2) as (a, w), anyio.create_task_group() as tg:
+            watched = harness.record(tg, w.group("watched").watch())
+            await watched.until([], "the empty group, first")
+            m1 = await a.group("watched").join(b"1")
+            await watched.until(_members(m1), "a join")
+            m2 = await a.group("watched").join(b"2")
+            await watched.until(_members(m1, m2), "a second join")
+            late = harness.record(tg, w.group("watched").watch())
+            await late.until(_members(m1, m2), "a new watch starting with the current members")
+            assert late.seen[0] == _members(m1, m2), f"a watch starts with the current list: {late.seen}"
+            await m1.leave()
+            await watched.until(_members(m2), "a leave")
+            await m2.leave()
+            await watched.until([], "the last leave")
+            tg.cancel_scope.cancel()
+        states = [[], _members(m1), _members(m1, m2), _members(m2), []]
+        _in_order(watched, states)
+
+    @asyncio
+    async def test_a_closed_coordinator_leaves_no_member(self, harness: Harness) -> None:
+        """Members that never left go with their coordinator's session when it closes."""
+        async with harness.session() as w:
+            async with harness.session() as a:
+                m = await a.group("closing").join(b"x")
+                assert await w.group("closing").members() == _members(m)
+            assert not m.joined
+            assert await w.group("closing").members() == [], "closing the coordinator ends its members"
+            await m.leave()  # after close: harmless
+
+    @asyncio
+    @pytest.mark.requires(Capability.EXPIRE_SESSION)
+    async def test_member_rejoins_after_its_session_is_lost(self, harness: Harness) -> None:
+        """A member whose session expired is joined again, with the same id, on the
+        coordinator's next session, and goes with that session when it closes."""
+        async with harness.session() as w, anyio.create_task_group() as tg:
+            watched = harness.record(tg, w.group("rejoin").watch())
+            async with harness.session() as a:
+                m = await a.group("rejoin").join(b"a")
+                await watched.until(_members(m), "the join")
+                old = await harness.expire_and_recover(a)
+                assert a.session_id != old
+                await harness.within(10, _joined(m), "the member joining again on the new session")
+                assert await w.group("rejoin").members() == _members(m), "the same id, back"
+                await watched.until(_members(m), "the watch seeing it back")
+            await watched.until([], "the re-joined member going with the session it joined")
+            tg.cancel_scope.cancel()
+
+    @asyncio
+    async def test_many_members_one_watch(self, harness: Harness, request: pytest.FixtureRequest) -> None:
+        """1,000 members joined by 10 coordinators, watched by another session: the watch ends
+        on all of them, with one server-side watch (not one per member), then on none."""
+        count, sessions = self.many_members, self.member_sessions
+        async with harness.sessions(sessions) as coords, harness.session() as w:
+            baseline = await harness.watches(w)
+            async with anyio.create_task_group() as tg:
+                watched = harness.record(tg, w.group("crowd").watch())
+                await watched.until([], "the empty group, first")
+                joined: list[Membership] = []
+                limit = anyio.CapacityLimiter(50)
+
+                async def join(i: int) -> None:
+                    async with limit:
+                        joined.append(await coords[i % sessions].group("crowd").join(f"m{i}".encode()))
+
+                started = time.monotonic()
+                with harness.deadline(60, f"{count} joins"):
+                    async with anyio.create_task_group() as joins:
+                        for i in range(count):
+                            joins.start_soon(join, i)
+                join_seconds = time.monotonic() - started
+                expected = _members(*joined)
+                await watched.until(expected, f"the watch seeing all {count} members", 30)
+                seen_all = time.monotonic() - started
+                assert await w.group("crowd").members() == expected
+                if baseline is not None:
+                    await _one_watch(harness, w, baseline)
+                with harness.deadline(60, f"{count} leaves"):
+                    async with anyio.create_task_group() as leaves:
+                        for membership in joined:
+                            leaves.start_soon(membership.leave)
+                await watched.until([], "the watch seeing every member leave", 30)
+                tg.cancel_scope.cancel()
+        request.node.user_properties.extend(
+            [("join_seconds", round(join_seconds, 3)), ("watch_all_seconds", round(seen_all, 3))]
+        )
+        assert all(a != b for a, b in itertools.pairwise(watched.seen)), "a list repeated"
+        if baseline is None:
+            not_run("the fixture cannot count the server's watches (CoordinationFixtures.watches)")
+
+    @asyncio
+    @pytest.mark.requires(Capability.CROSS_PROCESS)
+    async def test_a_dead_member_leaves_another_process_watch(
+        self, harness: Harness, request: pytest.FixtureRequest
+    ) -> None:
+        """A member process SIGKILLed leaves the watch of this process within the failover
+        bound (not before its session could end); a new process joining shows at once."""
+        async with harness.session() as w, anyio.create_task_group() as tg:
+            watched = harness.record(tg, w.group("procs").watch())
+            async with harness.holder("procs", "--member", "p1", label="the member process") as member:
+                joined = await member.next("joined", harness.t(20))
+                await watched.until([Member(joined.detail, b"p1")], "the member process joining", 10)
+                member.kill()
+                killed = time.monotonic()
+                await watched.until([], "the killed member leaving", harness.failover_bound + 5)
+                gone = time.monotonic() - killed
+            async with harness.holder("procs", "--member", "p1", label="a new member process") as again:
+                rejoined = await again.next("joined", harness.t(20))
+                assert rejoined.detail != joined.detail, "a new process is a new member"
+                await watched.until([Member(rejoined.detail, b"p1")], "the new member process joining", 10)
+            tg.cancel_scope.cancel()
+        request.node.user_properties.append(("member_gone_seconds", round(gone, 3)))
+        assert gone >= harness.takeover_floor, (
+            f"the member left {gone:.2f}s after its process was killed, before its session could"
+            f" have ended (floor {harness.takeover_floor:g}s)"
+        )
+        assert gone <= harness.t(harness.failover_bound), f"the dead member stayed {gone:.2f}s"
+
+    @asyncio
+    @pytest.mark.requires(Capability.CROSS_PROCESS)
+    async def test_a_paused_member_leaves_and_comes_back(
+        self, harness: Harness, request: pytest.FixtureRequest
+    ) -> None:
+        """A member process stopped (SIGSTOP) past its TTL leaves another process's watch; once
+        it runs again its coordinator opens a new session and the member comes back, same id."""
+        async with harness.session() as w, anyio.create_task_group() as tg:
+            watched = harness.record(tg, w.group("paused").watch())
+            async with harness.holder("paused", "--member", "p", label="the member process") as member:
+                joined = await member.next("joined", harness.t(20))
+                expected = [Member(joined.detail, b"p")]
+                await watched.until(expected, "the member process joining", 10)
+                member.pause()
+                paused = time.monotonic()
+                await watched.until([], "the stopped member leaving", harness.failover_bound + 5)
+                gone = time.monotonic() - paused
+                member.resume()
+                resumed = time.monotonic()
+                await watched.until(expected, "the member coming back once it runs again", 20)
+                back = time.monotonic() - resumed
+            tg.cancel_scope.cancel()
+        request.node.user_properties.extend(
+            [("member_gone_seconds", round(gone, 3)), ("member_back_seconds", round(back, 3))]
+        )
+        assert gone >= harness.takeover_floor, f"the member left {gone:.2f}s after its process stopped"
+
+
+def _members(*memberships: Membership) -> list[Member]:
+    return sorted(Member(m.id, m.value) for m in memberships)
+
+
+async def _joined(membership: Membership) -> None:
+    """Return once ``membership`` is on the server on a live session (read again: the
+    membership has no event for it)."""
+    while True:
+        if membership.joined:
+            return
+        await anyio.sleep(0.01)
+
+
+def _in_order(recorder: Recorder[list[Member]], states: list[list[Member]]) -> None:
+    """Every list ``recorder`` saw is one of ``states``, in their order, none twice running."""
+    position = 0
+    for seen in recorder.seen:
+        while position < len(states) and states[position] != seen:
+            position += 1
+        assert position < len(states), f"the watch yielded {seen}, not a state in order: {recorder.seen}"
+    assert all(a != b for a, b in itertools.pairwise(recorder.seen)), f"a list repeated: {recorder.seen}"
+
+
+async def _one_watch(harness: Harness, coord: Coordinator, baseline: int) -> None:
+    """Wait (5 s scaled) until the server holds exactly one watch more for ``coord`` than
+    ``baseline``: one for the whole group, not one per member, and not none (polling)."""
+    counts: list[int] = []
+
+    async def settled() -> None:
+        while True:
+            now = await harness.watches(coord)
+            assert now is not None
+            counts.append(now - baseline)
+            if counts[-1] == 1:
+                return
+            await anyio.sleep(0.05)
+
+    with anyio.move_on_after(harness.t(5)):
+        await settled()
+        return
+    pytest.fail(f"a group watch must hold one server-side watch; counted {sorted(set(counts))}")
 
 
 class ConfigTests:

@@ -60,6 +60,19 @@ async def expire_client(client: ZooKeeperClient, scaled: Callable[[float], float
     await client.expire_from_outside(scaled(3))
 
 
+def watches_by_session(server: ZooKeeperProcess, timeout: float) -> dict[str, set[str]]:
+    """The server's watch table (``wchc``): session id -> watched paths."""
+    table: dict[str, set[str]] = {}
+    session = ""
+    for line in server.four_letter_word("wchc", timeout).splitlines():
+        if line.startswith("0x"):
+            session = line.strip()
+            table[session] = set()
+        elif line.strip():
+            table[session].add(line.strip())
+    return table
+
+
 class ZooKeeperFixtures(CoordinationFixtures):
     """The conformance and fault suites' fixtures on the real server above."""
 
@@ -80,6 +93,14 @@ class ZooKeeperFixtures(CoordinationFixtures):
 
     def new_server(self, harness: Harness) -> ServerProcess:
         return ZooKeeperProcess(tick_time_ms=TICK_MS, start_timeout=harness.t(60))
+
+    async def watches(self, harness: Harness, coord: Coordinator) -> int:
+        """The watches the server holds, data and child watches (``mntr``'s
+        ``zk_watch_count``; ``wchc`` lists data watches only)."""
+        assert isinstance(harness.server, ZooKeeperProcess)
+        report = await anyio.to_thread.run_sync(harness.server.four_letter_word, "mntr", harness.t(5))
+        counts = dict(line.split("\t", 1) for line in report.splitlines() if "\t" in line)
+        return int(counts["zk_watch_count"])
 
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Ephemeral znodes under the namespace (contenders), and sessions the server still keeps."""

@@ -7,6 +7,7 @@ from coordination.testing import (
     ConfigTests,
     ElectionTests,
     FaultTests,
+    GroupTests,
     LockTests,
     SessionTests,
 )
@@ -35,4 +36,8 @@ class TestBadInput(BadInputTests, ZooKeeperFixtures):
 
 
 class TestFaults(FaultTests, ZooKeeperFixtures):
+    pass
+
+
+class TestGroup(GroupTests, ZooKeeperFixtures):
     pass

@@ -13,7 +13,7 @@ import pytest
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
 
 import coordination
-from coordination import Leader, Leadership
+from coordination import Leader, Leadership, Member
 
 from .conftest import acquire_once_released, in_thread, options, until_contenders, within, znode
 
@@ -112,3 +112,43 @@ async def test_election_kazoo_then_sdk_then_kazoo(
         assert leader.value == b"kazoo-second"
         assert leader.token > leadership.token
         second_resign.set()
+
+
+async def test_group_is_kazoos_party_both_ways(
+    kazoo: KazooClient, zk_url: str, scaled: Callable[[float], float]
+) -> None:
+    """kazoo's Party lists the SDK's members, and the SDK lists (and watches) kazoo's, with
+    kazoo's uuid as the member id; a lock on the same znode is not a member."""
+    path = znode(zk_url, "party")
+    party = kazoo.Party(path, "kazoo-member")
+    await in_thread(party.join)
+    kazoo_id = party.node.removesuffix("__party__")
+    async with coordination.connect(zk_url, **options()) as coord, anyio.create_task_group() as tg:
+        group = coord.group("party")
+        assert await group.members() == [Member(kazoo_id, b"kazoo-member")]
+        seen: list[list[Member]] = []
+        changed = anyio.Event()
+
+        async def watch() -> None:
+            nonlocal changed
+            async for members in group.watch():
+                seen.append(members)
+                changed.set()
+                changed = anyio.Event()
+
+        tg.start_soon(watch)
+        async with group.join(b"sdk-member") as member, coord.lock("party"):
+            assert sorted(await in_thread(list, party)) == ["kazoo-member", "sdk-member"]
+            assert await in_thread(len, party) == 2, "the lock's node is not a party member"
+            expected = sorted([Member(kazoo_id, b"kazoo-member"), Member(member.id, b"sdk-member")])
+            assert await group.members() == expected
+
+            async def until(members: list[Member]) -> None:
+                while not seen or seen[-1] != members:
+                    await changed.wait()
+
+            await within(scaled(5), until(expected), "the watch seeing both")
+            await in_thread(party.leave)
+            await within(scaled(5), until([Member(member.id, b"sdk-member")]), "kazoo's member leaving")
+        assert await in_thread(list, party) == []
+        tg.cancel_scope.cancel()

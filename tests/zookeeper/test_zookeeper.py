@@ -26,7 +26,7 @@ from coordination.testing.servers import ZooKeeperProcess, free_port
 from coordination_zookeeper import ZooKeeperBackend
 from coordination_zookeeper._session import node_prefix, queue_order
 
-from .conftest import TICK_MS, backend_session, expire, expire_client, options, within
+from .conftest import TICK_MS, backend_session, expire, expire_client, options, watches_by_session, within
 
 T = TypeVar("T")
 
@@ -54,19 +54,6 @@ def reads(coord: Coordinator) -> Any:
 def wakeups(coords: list[Coordinator]) -> int:
     """The wake-ups counted by the coordinators' backends (``Backend.wakeups``), summed."""
     return sum(coord._engine.backend.wakeups or 0 for coord in coords)
-
-
-def watches_by_session(server: ZooKeeperProcess, timeout: float) -> dict[str, set[str]]:
-    """The server's watch table (``wchc``): session id -> watched paths."""
-    table: dict[str, set[str]] = {}
-    session = ""
-    for line in server.four_letter_word("wchc", timeout).splitlines():
-        if line.startswith("0x"):
-            session = line.strip()
-            table[session] = set()
-        elif line.strip():
-            table[session].add(line.strip())
-    return table
 
 
 # -- the contender queue ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import anyio
 from anyio.abc import TaskGroup
 
-from coordination import Capability, Leader, Versioned
+from coordination import Capability, Leader, Member, Versioned
 from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, ResumePoint, SessionMonitor
 from coordination.exceptions import InvalidURL, Unsupported
 
@@ -25,7 +25,7 @@ from ._client import (
     ZooKeeperClient,
     parent_of,
 )
-from ._session import NAMINGS, ZooKeeperSession, queue_order
+from ._session import NAMINGS, ZooKeeperSession, member_id, queue_order
 
 __all__ = ["ZooKeeperBackend"]
 
@@ -73,6 +73,11 @@ class ZooKeeperBackend(Backend):
       that meets Curator nodes with kazoo naming logs a warning. A lock and an election of
       the same name share one queue, as in kazoo. The fencing token is the czxid of the
       owner's node.
+    * a group ``name`` is kazoo's ``Party`` on the znode ``/<namespace>/<name>``: each member
+      is an ephemeral child ``<id>__party__`` whose data is the member's value, so kazoo's
+      ``Party`` lists this SDK's members and the SDK lists kazoo's (their id is the uuid of
+      the node). A group watch is one child watch on that znode; the members' values are
+      read once per new member.
     * a config value is the persistent znode ``/<namespace>/<name>``; its version is the
       znode's mzxid. Parent znodes created on the way have no data (null) and read as
       absent; deleting a value whose znode has children clears its data instead.
@@ -251,6 +256,63 @@ class ZooKeeperBackend(Backend):
             finally:
                 for remove in removers:
                     remove()
+                client.remove_listener(wake)
+
+    # -- groups (kazoo's Party) -----------------------------------------------------------
+
+    async def members(self, group: str) -> list[Member]:
+        parent = "/" + group
+        try:
+            children = await self.client.children(parent, sync=True)
+        except NoNode:
+            return []
+        return await self._values(parent, children, {})
+
+    async def _values(self, parent: str, children: list[str], known: dict[str, Member]) -> list[Member]:
+        """The members among ``children`` with their values: read for nodes not in ``known``
+        (a member's value never changes: a node is made once and deleted), which is updated."""
+        found = []
+        for node in children:
+            mid = member_id(node)
+            if mid is None:
+                continue
+            member = known.get(node)
+            if member is None:
+                try:
+                    data, _ = await self.client.get(f"{parent}/{node}")
+                except NoNode:
+                    continue  # it left meanwhile
+                member = known[node] = Member(mid, data or b"")
+            found.append(member)
+        for node in set(known) - set(children):
+            del known[node]
+        return found
+
+    async def watch_group(self, group: str, resume: ResumePoint) -> AsyncIterator[list[Member]]:
+        parent = "/" + group
+        client = self.client
+        known: dict[str, Member] = {}
+        sync = True
+        while True:
+            woken = anyio.Event()
+
+            def wake(*_: object) -> None:
+                woken.set()  # noqa: B023 - each round has its own event and callbacks
+
+            remove = client.on_events(parent, (CREATED, DELETED, CHILDREN_CHANGED), wake)
+            client.add_listener(wake)  # after a reconnect, re-read: a change may have been missed
+            try:
+                try:
+                    children = await client.children(parent, watch=True, sync=sync)
+                except NoNode:
+                    if await client.exists(parent, watch=True) is not None:
+                        continue  # created between the two reads
+                    children = []
+                sync = False
+                yield await self._values(parent, children, known)
+                await woken.wait()
+            finally:
+                remove()
                 client.remove_listener(wake)
 
     # -- config --------------------------------------------------------------------------

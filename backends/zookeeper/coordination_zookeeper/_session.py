@@ -41,16 +41,37 @@ from ._client import (
     DELETED,
     LOST,
     SUSPENDED,
+    BadVersion,
+    NodeExists,
     NoNode,
     ZooKeeperClient,
 )
 
-__all__ = ["NAMINGS", "NODE_MARK", "Contender", "ZooKeeperSession", "node_prefix", "queue_order"]
+__all__ = [
+    "NAMINGS",
+    "NODE_MARK",
+    "PARTY_MARK",
+    "Contender",
+    "ZooKeeperSession",
+    "member_id",
+    "node_prefix",
+    "queue_order",
+]
 
 log = logging.getLogger("coordination.zookeeper")
 
 NODE_MARK = "__lock__"
 """What kazoo's ``Lock`` puts between the uuid and the sequence number."""
+
+PARTY_MARK = "__party__"
+"""What kazoo's ``Party`` appends to the uuid of a member's node: ``<uuid4 hex>__party__``."""
+
+
+def member_id(node: str) -> str | None:
+    """The member id of a group's child node (kazoo's Party: its uuid), or ``None`` if the
+    node is not a member (a lock contender under the same znode, say)."""
+    return node[: -len(PARTY_MARK)] if node.endswith(PARTY_MARK) and len(node) > len(PARTY_MARK) else None
+
 
 NAMINGS = ("kazoo", "curator", "latch")
 """The values of the ``naming`` option: how this SDK names its own contender nodes."""
@@ -302,3 +323,35 @@ class ZooKeeperSession(BackendSession[Contender]):
             await self.client.set_data(contender.path, value)
         except NoNode:
             raise NotHeld(f"{contender.parent!r}: this candidate is no longer the leader") from None
+
+    # -- group members: kazoo's Party ----------------------------------------------------
+
+    async def join(self, group: str, member_id: str, value: bytes) -> None:
+        path = f"/{group}/{member_id}{PARTY_MARK}"
+        client = self.client
+        while True:
+            try:
+                await client.create(path, value, ephemeral=True)
+                return
+            except NoNode:
+                await client.ensure_path(f"/{group}")
+            except NodeExists:
+                try:
+                    _, stat = await client.get(path)
+                except NoNode:
+                    continue
+                if stat.ephemeral_owner == client.session_id:
+                    return  # this session's own (a retried create whose reply was lost)
+                # An earlier session's entry for this member, not yet expired: take its place.
+                with contextlib.suppress(NoNode, BadVersion):
+                    await client.delete(path, stat.version)
+
+    async def leave(self, group: str, member_id: str) -> None:
+        path = f"/{group}/{member_id}{PARTY_MARK}"
+        try:
+            _, stat = await self.client.get(path)
+        except NoNode:
+            return
+        if stat.ephemeral_owner == self.client.session_id:
+            with contextlib.suppress(NoNode, BadVersion):
+                await self.client.delete(path, stat.version)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Collection
 
+import anyio
 import pytest
 from aetcd import rpc  # type: ignore[import-untyped]
 
+from coordination import Coordinator
 from coordination.testing import (
     BadInputTests,
     ConfigTests,
     CoordinationFixtures,
     ElectionTests,
     FaultTests,
+    GroupTests,
     Harness,
     LockTests,
     SessionTests,
@@ -52,6 +56,21 @@ class EtcdFixtures(CoordinationFixtures):
                     found.append(f"lease {session_id} ({ttl.TTL}s to live)")
         return found
 
+    async def watches(self, harness: Harness, coord: Coordinator) -> int:
+        """The watchers the server holds (its ``etcd_debugging_mvcc_watcher_total`` metric)."""
+        assert isinstance(harness.server, EtcdProcess)
+        url = f"http://127.0.0.1:{harness.server.port}/metrics"
+
+        def read() -> str:
+            with urllib.request.urlopen(url, timeout=harness.t(5)) as reply:
+                text: str = reply.read().decode()
+                return text
+
+        for line in (await anyio.to_thread.run_sync(read)).splitlines():
+            if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                return int(float(line.split()[1]))
+        raise AssertionError(f"{url} has no etcd_debugging_mvcc_watcher_total")
+
     history_compaction = True
 
     async def compact(self, harness: Harness) -> None:
@@ -86,4 +105,8 @@ class TestBadInput(BadInputTests, EtcdFixtures):
 
 
 class TestFaults(FaultTests, EtcdFixtures):
+    pass
+
+
+class TestGroup(GroupTests, EtcdFixtures):
     pass

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import grpc  # type: ignore[import-untyped]
 
-from coordination import Capability, Leader, Versioned
+from coordination import Capability, Leader, Member, Versioned
 from coordination.abc import (
     COMMON_OPTIONS,
     TLS_OPTIONS,
@@ -39,6 +39,7 @@ from ._client import (
     KeyValue,
     compare_create,
     compare_mod,
+    members_prefix,
     open_channel,
     put_op,
     range_request,
@@ -80,6 +81,11 @@ class EtcdBackend(Backend):
     (they share its key, as etcd's ``Campaign`` reuses a session's key). Keys under the
     prefix that are not ``<lease hex>`` bound to a lease (the lock ``jobs/nightly`` under
     the lock ``jobs``, a config value) are not contenders and never block the queue.
+
+    A group member is the key ``<namespace>/<name>@members/<id>`` bound to the session's
+    lease, its value the member's (``@`` is in no name, so the key is under no lock's
+    prefix, where etcd's own ``Mutex`` would wait for it). A group watch is one watch on
+    that prefix, resumed from the revision after the last one seen.
 
     Fencing tokens are the contender key's create revision; config versions are the key's
     mod revision, and ``compare_and_set`` is a transaction on it. Watches resume from the
@@ -311,6 +317,39 @@ class EtcdBackend(Backend):
             except Compacted:
                 resume.position = None
 
+    # -- groups ----------------------------------------------------------------------------
+
+    async def members(self, group: str) -> list[Member]:
+        prefix = members_prefix(group)
+        reply = await self.client.range(range_request(prefix, prefix=True))
+        return [_member(kv, prefix) for kv in reply.kvs if kv.lease]
+
+    async def watch_group(self, group: str, resume: ResumePoint) -> AsyncIterator[list[Member]]:
+        """One watch on the group's prefix, from ``resume.position``: the revision after the
+        last one seen and the members as of it (``None``: read first; read again when that
+        revision was compacted away)."""
+        client, prefix = self.client, members_prefix(group)
+        while True:
+            if resume.position is None:
+                reply = await client.range(range_request(prefix, prefix=True))
+                members = {kv.key: _member(kv, prefix) for kv in reply.kvs if kv.lease}
+                resume.position = (reply.header.revision + 1, members)
+                yield list(members.values())
+            start, members = resume.position
+            try:
+                async with client.watch(prefix, prefix=True, start_revision=start) as events:
+                    async for batch in events:
+                        for event in batch:
+                            if event.type == PUT and event.kv.lease:
+                                members[event.kv.key] = _member(event.kv, prefix)
+                            else:
+                                members.pop(event.kv.key, None)
+                            start = event.kv.mod_revision + 1
+                        resume.position = (start, members)
+                        yield list(members.values())
+            except Compacted:
+                resume.position = None
+
     # -- config ----------------------------------------------------------------------------
 
     async def get(self, key: str) -> Versioned | None:
@@ -348,3 +387,7 @@ class EtcdBackend(Backend):
                             yield Versioned(kv.value, kv.mod_revision) if kv else None
             except Compacted:
                 resume.position = None
+
+
+def _member(kv: KeyValue, prefix: bytes) -> Member:
+    return Member(kv.key[len(prefix) :].decode(), kv.value)

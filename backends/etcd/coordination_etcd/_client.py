@@ -220,6 +220,18 @@ def compare_create(key: bytes, revision: int) -> Message:
     return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=revision)
 
 
+def compare_lease(key: bytes, lease: int) -> Message:
+    """True if ``key`` is bound to ``lease``."""
+    return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.LEASE, key=key, lease=lease)
+
+
+def members_prefix(group: str) -> bytes:
+    """Where the members of ``group`` are: ``<group>@members/<id>``. ``@`` is in no name, so
+    the keys are under no lock's or election's prefix (``<name>/``), where etcd's own
+    recipes would count them as contenders, and no name's key is under this prefix."""
+    return group.encode() + b"@members/"
+
+
 def compare_mod(key: bytes, revision: int) -> Message:
     """True if ``key`` was last modified at ``revision``."""
     return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key, mod_revision=revision)

@@ -28,7 +28,9 @@ from ._client import (
     KeepAliveStream,
     KeyValue,
     compare_create,
+    compare_lease,
     delete_op,
+    members_prefix,
     put_op,
     range_op,
     range_request,
@@ -252,6 +254,18 @@ class EtcdSession(BackendSession[_Contender]):
                 c.value = value
                 return
         raise NotHeld(f"{c.key.decode()!r} is no longer in the election")
+
+    # -- group members ---------------------------------------------------------------------
+
+    async def join(self, group: str, member_id: str, value: bytes) -> None:
+        # A put binds the key to this lease, also when an earlier session's lease still
+        # holds it: revoking that one then leaves this member in place.
+        key = members_prefix(group) + member_id.encode()
+        await self._client.txn([], [put_op(key, value, lease=self.lease_id)])
+
+    async def leave(self, group: str, member_id: str) -> None:
+        key = members_prefix(group) + member_id.encode()
+        await self._client.txn([compare_lease(key, self.lease_id)], [delete_op(key)])
 
 
 async def edge_contender(

@@ -27,6 +27,7 @@ from coordination.testing import (
     CoordinationFixtures,
     ElectionTests,
     FaultTests,
+    GroupTests,
     Harness,
     LockTests,
     SessionTests,
@@ -113,4 +114,8 @@ class TestBadInput(BadInputTests, ConsulFixtures):
 
 
 class TestFaults(FaultTests, ConsulFixtures):
+    pass
+
+
+class TestGroup(GroupTests, ConsulFixtures):
     pass

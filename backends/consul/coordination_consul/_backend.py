@@ -8,7 +8,9 @@ import ssl
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
-from coordination._types import Leader, Versioned
+import anyio
+
+from coordination._types import Leader, Member, Versioned
 from coordination.abc import (
     COMMON_OPTIONS,
     HISTORY_RESET,
@@ -27,7 +29,18 @@ from coordination.exceptions import (
 )
 
 from ._client import ConsulClient, KVPair
-from ._session import LOCK_FLAG_VALUE, ConsulSession, b64, lock_key, read_key, refusal, token_of
+from ._session import (
+    BLOCKING_WAIT,
+    LOCK_FLAG_VALUE,
+    ConsulSession,
+    b64,
+    lock_key,
+    members_prefix,
+    next_index,
+    read_key,
+    refusal,
+    token_of,
+)
 
 __all__ = ["LOCK_FLAG_VALUE", "ConsulBackend", "lock_key", "token_of"]
 
@@ -114,6 +127,12 @@ class ConsulBackend(Backend):
     ``proclaim()`` rewrites it with the same session, and ``consul lock <name>/.election CMD``
     runs CMD as a candidate. The fencing token of both is ``CreateIndex + LockIndex - 1`` of
     the key (see :func:`token_of`): strictly increasing across holders, fixed for a term.
+
+    **Groups**: a member is the key ``<name>@members/<id>/<session id>`` locked by its
+    session (``@`` is in no name, so no lock key is under it; a session of its own in the key,
+    so a re-join on the next session never waits out the last one's lock-delay). A group
+    watch is one blocking query on ``<name>@members/``; keys that ended sessions left
+    unlocked are not members, and the watch deletes those it sees.
 
     **Config** values are plain keys: the version is the ``ModifyIndex``, compare-and-set is a
     ``cas`` write (index 0: only if absent) and ``watch()`` is a blocking query. Writing the
@@ -246,6 +265,32 @@ class ConsulBackend(Backend):
             pair, index = await read_key(http, key, index, self.timeout)
             yield self._leader(pair)
 
+    # -- groups ----------------------------------------------------------------------------
+
+    async def members(self, group: str) -> list[Member]:
+        return _members(await self.http.kv_list(members_prefix(group)), members_prefix(group))[0]
+
+    async def watch_group(self, group: str, resume: ResumePoint) -> AsyncGenerator[list[Member], None]:
+        """One blocking query on the group's prefix at a time. Keys that ended sessions left
+        (unlocked, ``behavior=release``) are not members; the watch deletes those it sees."""
+        http, prefix, index = self.http, members_prefix(group), 0
+        while True:
+            previous = index
+            limit = self.timeout + (BLOCKING_WAIT * 17 / 16 if index else 0)
+            with anyio.move_on_after(limit) as scope:
+                pairs, returned = await http.kv_list_after(prefix, index=index, wait=BLOCKING_WAIT)
+            if scope.cancelled_caught:
+                raise Unavailable(f"Consul did not answer a read of {prefix!r} within {limit:g}s")
+            index = next_index(previous, returned)
+            members, dead = _members(pairs, prefix)
+            yield members
+            if dead:  # a conflict means another pruned them first: nothing to do
+                prune = [
+                    {"KV": {"Verb": "delete-cas", "Key": pair.key, "Index": pair.modify_index}}
+                    for pair in dead
+                ]
+                await http.txn(prune[:64], f"to prune the dead members of {group!r}")
+
     # -- config ----------------------------------------------------------------------------
 
     async def get(self, key: str) -> Versioned | None:
@@ -291,3 +336,17 @@ class ConsulBackend(Backend):
             if previous and not index:  # the index went backwards: versions restart lower
                 yield HISTORY_RESET
             yield Versioned(pair.value, pair.modify_index) if pair is not None else None
+
+
+def _members(pairs: list[KVPair], prefix: str) -> tuple[list[Member], list[KVPair]]:
+    """The members among ``pairs`` (keys :func:`member_key` locked by their session), one per
+    id (while a re-join's key and the last session's both stand), and the dead keys."""
+    members: dict[str, Member] = {}
+    dead = []
+    for pair in pairs:
+        member_id, _, session = pair.key[len(prefix) :].partition("/")
+        if pair.session and pair.session == session:
+            members.setdefault(member_id, Member(member_id, pair.value))
+        elif not pair.session:
+            dead.append(pair)
+    return list(members.values()), dead

@@ -236,6 +236,17 @@ class ConsulClient:
         with map_errors(_ERRORS):
             return [KVPair.from_json(item) for item in raw or ()]
 
+    async def kv_list_after(self, prefix: str, *, index: int, wait: float) -> tuple[list[KVPair], int]:
+        """Every key under ``prefix`` and the ``X-Consul-Index``, as a blocking query when
+        ``index`` > 0 (see :meth:`kv_get`)."""
+        new_index, raw = await self._request(
+            lambda: self._consul.kv.get(
+                prefix, recurse=True, index=index or None, wait=go_duration(wait) if index else None
+            )
+        )
+        with map_errors(_ERRORS):
+            return [KVPair.from_json(item) for item in raw or ()], int(new_index)
+
     async def txn(self, ops: list[dict[str, Any]], what: str) -> TxnOutcome:
         """Apply KV operations atomically (``PUT /v1/txn``); a 409 is a failed outcome.
         Never abandoned by :meth:`move_off` (locks, releases and writes are transactions)."""

@@ -32,6 +32,8 @@ __all__ = [
     "ConsulSession",
     "candidate_key",
     "lock_key",
+    "member_key",
+    "members_prefix",
     "next_index",
     "read_key",
     "token_of",
@@ -69,6 +71,20 @@ def candidate_key(name: str, session_id: str) -> str:
     has one candidate per election at a time). Consul's lock is not a queue, so this is
     only a listing; who leads is decided by the election key alone."""
     return f"{name}/.election/{session_id}"
+
+
+def members_prefix(group: str) -> str:
+    """Where the members of ``group`` are: ``<group>@members/``. ``@`` is in no name, so no
+    lock or election key (``consul lock``'s prefix ``<name>/`` included) is under it."""
+    return f"{group}@members/"
+
+
+def member_key(group: str, member_id: str, session_id: str) -> str:
+    """The key of ``member_id`` joined on session ``session_id``, locked by that session:
+    ``<group>@members/<id>/<session id>``. Each session joins a key of its own, so a re-join
+    on the next session never waits for the last one's key (held until that session ends,
+    then under its lock-delay)."""
+    return f"{members_prefix(group)}{member_id}/{session_id}"
 
 
 def token_of(pair: KVPair) -> int:
@@ -269,6 +285,29 @@ class ConsulSession(BackendSession[_Contender]):
         if not outcome.ok:
             refusal(outcome, f"to unregister the candidate at {key!r}")  # Unavailable unless gone
         contender.registration = None
+
+    # -- group members ---------------------------------------------------------------------
+
+    async def join(self, group: str, member_id: str, value: bytes) -> None:
+        key = member_key(group, member_id, self.id)
+        lock = {"Verb": "lock", "Key": key, "Value": b64(value), "Session": self.id}
+        outcome = await self._http.txn([{"KV": lock}], f"to join {group!r} at {key!r}")
+        if not outcome.ok:
+            if refusal(outcome, f"to join {group!r} at {key!r}") == "expired":
+                raise SessionExpired(f"Consul no longer knows session {self.id}")
+            raise Unavailable(f"Consul refused the member key {key!r}: {outcome.errors}")
+
+    async def leave(self, group: str, member_id: str) -> None:
+        key = member_key(group, member_id, self.id)
+        outcome = await self._http.txn(
+            [
+                {"KV": {"Verb": "check-session", "Key": key, "Session": self.id}},
+                {"KV": {"Verb": "delete", "Key": key}},
+            ],
+            f"to leave {group!r} at {key!r}",
+        )
+        if not outcome.ok:
+            refusal(outcome, f"to leave {group!r} at {key!r}")  # Unavailable unless already gone
 
     async def wait_owner(self, contender: _Contender) -> int:
         token = await self._take(contender, blocking=True)

@@ -6,15 +6,19 @@
     coordination lock URL NAME [--timeout S] [--grace S] -- CMD [ARG...]
     coordination elect URL NAME [--value V] [--timeout S] [--grace S] -- CMD [ARG...]
     coordination leader URL NAME [--watch] [--json]
+    coordination members URL GROUP [--watch] [--json]
     coordination config get URL KEY [--json]
     coordination config set URL KEY VALUE
     coordination config watch URL KEY [--json]
 
 ``leader`` prints the leader and the candidates waiting behind it (``--json``:
-``{"leader": ..., "candidates": [...]}``). ``lock`` and ``elect`` run CMD only while holding
-the lock or leading, with the fencing token in ``$COORDINATION_TOKEN``. If the lock or
-leadership is lost, CMD gets SIGTERM, then SIGKILL after ``--grace`` seconds, and the command
-exits with status 3. Otherwise it exits with CMD's status. Errors are one line on stderr.
+``{"leader": ..., "candidates": [...]}``); ``members`` prints the members of a group, one
+``id<TAB>value`` line each (``--json``: ``[{"id": ..., "value": ...}]``; with ``--watch``, the
+list again at every change, after an empty line, or one JSON list per line). ``lock`` and
+``elect`` run CMD only while holding the lock or leading, with the fencing token in
+``$COORDINATION_TOKEN``. If the lock or leadership is lost, CMD gets SIGTERM, then SIGKILL
+after ``--grace`` seconds, and the command exits with status 3. Otherwise it exits with
+CMD's status. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import anyio
 
 from . import connect
 from ._coordinator import Coordinator
-from ._types import Leader, Versioned
+from ._types import Leader, Member, Versioned
 from .exceptions import AcquireTimeout, CoordinationError, LeadershipLost, LockLost
 from .primitives import HeldLock, Leadership
 
@@ -173,6 +177,31 @@ async def _leader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_members(members: list[Member], as_json: bool, watching: bool) -> None:
+    if as_json:
+        _print_json([{"id": m.id, "value": _show(m.value)} for m in members])
+        return
+    if watching:
+        print(flush=True)  # an empty line before each list of the watch
+    for member in members:
+        print(f"{member.id}\t{_show(member.value)}", flush=True)
+
+
+async def _members(args: argparse.Namespace) -> int:
+    async with connect(args.url) as coord:
+        group = coord.group(args.name)
+        if not args.watch:
+            members = await group.members()
+            if not members and not args.json:
+                _note(f"group {args.name!r} has no members")
+            _print_members(members, args.json, False)
+            return 0
+        async with aclosing(group.watch()) as lists:
+            async for members in lists:
+                _print_members(members, args.json, True)
+    return 0
+
+
 async def _config(args: argparse.Namespace) -> int:
     async with connect(args.url) as coord:
         config = coord.config(args.key)
@@ -250,6 +279,15 @@ def _parser() -> argparse.ArgumentParser:
         help='JSON output: {"leader": {value, token} or null, "candidates": [...]}',
     )
     leader.set_defaults(func=_leader)
+
+    members = sub.add_parser("members", help="print the members of group GROUP")
+    members.add_argument("url", metavar="URL")
+    members.add_argument("name", metavar="GROUP")
+    members.add_argument(
+        "--watch", action="store_true", help="print the list at every change until interrupted"
+    )
+    members.add_argument("--json", action="store_true", help='JSON output: [{"id": ..., "value": ...}]')
+    members.set_defaults(func=_members)
 
     config = sub.add_parser("config", help="get, set or watch a config value")
     actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")

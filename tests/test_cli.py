@@ -158,3 +158,31 @@ async def test_leader_lists_the_candidates(capsys: pytest.CaptureFixture[str]) -
             "waiting\tnode-c",
         ]
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_members_lists_and_watches_a_group(capsys: pytest.CaptureFixture[str]) -> None:
+    """``coordination members`` prints each member as ``id<TAB>value`` (sorted by id), as
+    JSON, and with ``--watch`` the list again at every change."""
+    url = "memory://cli-members"
+    async with coordination.connect(url) as a, anyio.create_task_group() as tg:
+        assert await cli._members(cli.parse_args(["members", url, "g"])) == 0
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err.strip()) == ("", "coordination: group 'g' has no members")
+        m1 = await a.group("g").join(b"10.0.0.1:80")
+        m2 = await a.group("g").join(b"10.0.0.2:80")
+        ordered = sorted([m1, m2], key=lambda m: m.id)
+        assert await cli._members(cli.parse_args(["members", url, "g"])) == 0
+        assert capsys.readouterr().out.splitlines() == [f"{m.id}\t{m.value.decode()}" for m in ordered]
+        assert await cli._members(cli.parse_args(["members", url, "g", "--json"])) == 0
+        assert json.loads(capsys.readouterr().out) == [
+            {"id": m.id, "value": m.value.decode()} for m in ordered
+        ]
+
+        tg.start_soon(cli._members, cli.parse_args(["members", url, "g", "--watch", "--json"]))
+        await anyio.wait_all_tasks_blocked()
+        await m1.leave()
+        await anyio.wait_all_tasks_blocked()
+        lists = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [[m["id"] for m in members] for members in lists] == [[m.id for m in ordered], [m2.id]]
+        tg.cancel_scope.cancel()

@@ -302,6 +302,7 @@ class Membership:
         self._scope = anyio.CancelScope()
         self._error: CoordinationError | None = None  # why the keeper gave up
         self._left = False
+        self._started = False  # the keeper task runs (or ran)
 
     def __repr__(self) -> str:
         state = "left" if self._left else "joined" if self.joined else "joining"
@@ -322,7 +323,8 @@ class Membership:
         self._left = True
         with anyio.CancelScope(shield=True):
             self._scope.cancel()
-            await self._ended.wait()
+            if self._started:  # else it never will: it sees _left first
+                await self._ended.wait()
             session, self._session = self._session, None
             if session is not None and not session.lost.is_set():
                 await self._engine.leave(session, self)
@@ -826,6 +828,9 @@ class Engine:
         )
 
     async def _keep_member(self, membership: Membership) -> None:
+        if membership._left:
+            return
+        membership._started = True
         backoff = Backoff()
         what = f"joining group {membership.group!r}"
         try:

@@ -229,6 +229,7 @@ def test_two_minutes_on_a_cluster(backend: str, tmp_path: Path, scaled: Callable
     result = subprocess.run(command, capture_output=True, text=True, timeout=scaled(540), check=False)
     shown = f"{' '.join(command)}\n{result.stdout}\n-- stderr (tail):\n{result.stderr[-3000:]}"
     found = parse_counts(result.stdout)
+    print(result.stdout)  # the counts, for the record (pytest -rA shows them)
     assert result.returncode == 0, shown
     assert found.get("result") == "ok", shown
     assert found["overlaps"] == "0", shown

@@ -33,7 +33,6 @@ from .exceptions import (
     OperationTimeout,
     SessionExpired,
     Unavailable,
-    Unsupported,
 )
 
 __all__ = ["Contender", "Engine", "Holding", "Membership", "Session", "reply_budget", "safety_margin"]
@@ -300,7 +299,7 @@ class Membership:
         self._joined = anyio.Event()  # set by each join that reached the server
         self._ended = anyio.Event()  # the keeper task ended
         self._scope = anyio.CancelScope()
-        self._error: CoordinationError | None = None  # why the keeper gave up
+        self._error: Exception | None = None  # why the keeper gave up
         self._left = False
         self._started = False  # the keeper task runs (or ran)
 
@@ -851,8 +850,17 @@ class Engine:
                         log.info("%s failed, retrying: %r", what, exc)
                         await backoff.wait()
                         continue
-                    except Unsupported as exc:
+                    except Exception as exc:  # Unsupported, PermissionDenied, a backend's bug
+                        # Never raised here: it would end the coordinator. join() raises it,
+                        # or, on a re-join, it is logged and the member stays out.
                         membership._error = exc
+                        if membership._joined.is_set():
+                            log.error(
+                                "group %r: member %s cannot join again: %r",
+                                membership.group,
+                                membership.id,
+                                exc,
+                            )
                         return
                     backoff.reset()
                     membership._session = session

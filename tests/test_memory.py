@@ -15,7 +15,7 @@ import pytest
 
 import coordination
 from coordination import HeldLock, SessionState, Versioned
-from coordination.abc import HISTORY_RESET, HistoryReset, Kind, Queued, ResumePoint
+from coordination.abc import HISTORY_RESET, BackendSession, HistoryReset, Kind, Queued, ResumePoint
 from coordination.memory import MemoryBackend, MemoryStore, _MemorySession
 
 pytestmark = pytest.mark.asyncio
@@ -590,3 +590,17 @@ async def test_the_core_restarts_a_broken_stream_from_its_resume_point(
         assert len({identity for identity, _ in backend.seen}) == 1, "a new ResumePoint per restart"
     finally:
         coordination.unregister("flaky")
+
+
+async def test_a_join_the_backend_refuses_raises_and_leaves_the_coordinator_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backend without groups (the default hooks) makes join() raise Unsupported at once;
+    the member's task ends without ending the coordinator, which goes on working."""
+    monkeypatch.setattr(_MemorySession, "join", BackendSession.join)
+    async with coordination.connect(f"memory://{uuid.uuid4().hex}") as coord:
+        with anyio.fail_after(5), pytest.raises(coordination.Unsupported, match="no group membership"):
+            await coord.group("g").join(b"x")
+        held = await coord.lock("still-works").acquire(timeout=5)
+        await held.release()
+        assert coord.state is SessionState.CONNECTED

@@ -6,9 +6,8 @@ import logging
 import os
 import ssl
 from collections.abc import AsyncGenerator, Mapping
+from functools import partial
 from typing import Any, ClassVar
-
-import anyio
 
 from coordination._types import Leader, Member, Versioned
 from coordination.abc import (
@@ -34,9 +33,9 @@ from ._session import (
     LOCK_FLAG_VALUE,
     ConsulSession,
     b64,
+    blocking_read,
     lock_key,
     members_prefix,
-    next_index,
     read_key,
     refusal,
     token_of,
@@ -275,13 +274,8 @@ class ConsulBackend(Backend):
         (unlocked, ``behavior=release``) are not members; the watch deletes those it sees."""
         http, prefix, index = self.http, members_prefix(group), 0
         while True:
-            previous = index
-            limit = self.timeout + (BLOCKING_WAIT * 17 / 16 if index else 0)
-            with anyio.move_on_after(limit) as scope:
-                pairs, returned = await http.kv_list_after(prefix, index=index, wait=BLOCKING_WAIT)
-            if scope.cancelled_caught:
-                raise Unavailable(f"Consul did not answer a read of {prefix!r} within {limit:g}s")
-            index = next_index(previous, returned)
+            read = partial(http.kv_list_after, prefix, index=index, wait=BLOCKING_WAIT)
+            pairs, index = await blocking_read(read, prefix, index, self.timeout)
             members, dead = _members(pairs, prefix)
             yield members
             if dead:  # a conflict means another pruned them first: nothing to do

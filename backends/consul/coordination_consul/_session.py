@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 
@@ -38,10 +40,13 @@ __all__ = [
     "read_key",
     "token_of",
     "b64",
+    "blocking_read",
     "refusal",
 ]
 
 log = logging.getLogger("coordination.consul")
+
+T = TypeVar("T")
 
 LOCK_FLAG_VALUE = 0x2DDCCBC058A50C18
 """The ``Flags`` of a lock key: Consul's ``api.LockFlagValue``, as ``consul lock`` sets it."""
@@ -118,10 +123,18 @@ async def read_key(http: ConsulClient, key: str, index: int, timeout: float) -> 
     Returns the pair (or ``None``) and the index for the next query. A reply that does
     not come within the wait (plus Consul's jitter) and ``timeout`` raises Unavailable.
     """
+    return await blocking_read(lambda: http.kv_get(key, index=index, wait=BLOCKING_WAIT), key, index, timeout)
+
+
+async def blocking_read(
+    read: Callable[[], Awaitable[tuple[T, int]]], key: str, index: int, timeout: float
+) -> tuple[T, int]:
+    """``read()`` (a read of ``key``, blocking when ``index`` > 0), bounded by the wait plus
+    Consul's jitter and ``timeout``; what it read and the index for the next query."""
     limit = timeout + (BLOCKING_WAIT * 17 / 16 if index else 0)
     with anyio.move_on_after(limit):
-        pair, returned = await http.kv_get(key, index=index, wait=BLOCKING_WAIT)
-        return pair, next_index(index, returned)
+        found, returned = await read()
+        return found, next_index(index, returned)
     raise Unavailable(f"Consul did not answer a read of {key!r} within {limit:g}s")
 
 

@@ -2,51 +2,23 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Collection
+from _broken_memory import BrokenMemoryFixtures
 
-import pytest
-
-from coordination import Coordinator
-from coordination.memory import MemoryBackend
 from coordination.testing import (
     BadInputTests,
     ConfigTests,
-    CoordinationFixtures,
     ElectionTests,
     GroupTests,
-    Harness,
     LockTests,
     SessionTests,
 )
 
 
-class MemoryFixtures(CoordinationFixtures):
-    @pytest.fixture
-    def coordination_url(self) -> str:
-        return f"memory://conformance-{uuid.uuid4().hex[:8]}"
+class MemoryFixtures(BrokenMemoryFixtures):
+    """The fixtures of the broken variants' runs (``tests/_broken_memory.py``), on the
+    correct backend: one set of memory fixtures (leftovers, watches) for both."""
 
-    async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
-        """Contenders queued under the namespace, and sessions of ``session_ids`` still alive."""
-        async with harness.session() as coord:
-            backend = coord.driver
-            assert isinstance(backend, MemoryBackend)
-            store = backend.store
-            prefix = f"{coord.namespace}/"
-            found = [
-                f"{contender.kind} {contender.name} (session {contender.session.id})"
-                for (_, name), queue in store.queues.items()
-                if name.startswith(prefix)
-                for contender in queue
-            ]
-            found += [f"session {sid}" for sid in session_ids if sid in store.sessions]
-        return found
-
-    async def watches(self, harness: Harness, coord: Coordinator) -> int:
-        """The watches waiting in the store of ``coord``'s connection."""
-        backend = coord.driver
-        assert isinstance(backend, MemoryBackend)
-        return sum(backend.store.watching.values())
+    scheme = "memory"
 
 
 class TestGroup(GroupTests, MemoryFixtures):

@@ -220,17 +220,50 @@ class Holding:
             reason=self._lost_reason,
         )
 
+    def _released_exc(self) -> NotHeld:
+        return NotHeld(
+            f"{self._what} {self.name!r} (token {self.token}) was already released",
+            name=self.name,
+            token=self.token,
+            reason="released",
+        )
+
     def _check_held(self) -> None:
         """Raise unless held: the loss error once lost, NotHeld once released."""
         if self._released:
-            raise NotHeld(
-                f"{self._what} {self.name!r} (token {self.token}) was already released",
-                name=self.name,
-                token=self.token,
-                reason="released",
-            )
+            raise self._released_exc()
         if not self.held:
             raise self._lost_exc()
+
+    async def _guarded(self, write: Callable[[BackendSession[Any], Any], Awaitable[T]], what: str) -> T:
+        """One config write that the server applies only while this is still the owner.
+
+        Raises NotHeld once released, before any I/O, and the loss error once known lost
+        (before any I/O too) or when the server refused the write on its ownership check:
+        then this is lost from here on (its body cancelled, its contender withdrawn).
+        """
+        self._check_held()
+        session = self._session
+        try:
+            return await self._engine.call(write(session.bs, self._contender.handle), what)
+        except NotHeld as exc:
+            refused: CoordinationError = exc
+            await self._refused(f"the server refused a write guarded by it ({exc})")
+        except SessionExpired as exc:
+            refused = exc
+            session.lose(f"the server expired the session ({exc})")
+        if self._released:  # released while the write was in flight
+            raise self._released_exc() from refused
+        raise self._lost_exc() from refused
+
+    async def _refused(self, reason: str) -> None:
+        """The server says this is no longer the owner although its session lives (an
+        operator deleted its key or node, say): lose it and withdraw what is left of it."""
+        if self._released or self._lost_reason is not None:
+            return
+        self._session.holdings.discard(self)
+        self._lose(reason)
+        await self._engine.withdraw(self._session, self._contender)
 
     async def _end(self) -> None:
         self._check_held()

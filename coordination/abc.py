@@ -16,8 +16,9 @@ in three layers:
   election reads, opening sessions.
 * :class:`BackendSession` — one server-side session (a ZooKeeper session, an etcd lease,
   a Consul session): keepalive, close, the contender queue that locks and elections
-  share (``enqueue`` → ``wait_owner`` → ``withdraw``), and group members
-  (``join`` → ``leave``).
+  share (``enqueue`` → ``wait_owner`` → ``withdraw``), config writes guarded by an
+  owner (``guarded_set``, ``guarded_compare_and_set``, ``guarded_delete``), and group
+  members (``join`` → ``leave``).
 * :class:`SessionMonitor` — given by the core; the backend calls it when it learns of a
   disconnect, a reconnect or an expiry before the next keepalive would.
 
@@ -235,6 +236,35 @@ class BackendSession(ABC, Generic[ContenderT]):
 
         Raises :class:`~coordination.NotHeld` if ``contender`` is no longer the owner.
         """
+
+    # -- writes guarded by a holding ------------------------------------------------------
+
+    async def guarded_set(self, contender: ContenderT, key: str, value: bytes) -> int:
+        """:meth:`Backend.set`, applied only while ``contender`` (an owner: it holds its lock
+        or leads its election) is still the owner, as the server sees it in the same atomic
+        operation as the write: etcd's transaction comparing the contender's key, ZooKeeper's
+        ``multi`` with a check of its node, Consul's transaction with a ``check-session``.
+        One round trip where the write alone is one.
+
+        Raises :class:`~coordination.NotHeld` if the server refused the write on that check
+        (then nothing was written), :class:`~coordination.SessionExpired` if the session is
+        gone. The core turns both into the holding's loss error. The default refuses: a
+        backend that can guard writes overrides the three ``guarded_*`` hooks and declares
+        :attr:`Capability.GUARDED_WRITES`.
+        """
+        raise Unsupported("this backend cannot guard writes by a holding")
+
+    async def guarded_compare_and_set(
+        self, contender: ContenderT, key: str, value: bytes, expected: int | None
+    ) -> bool:
+        """:meth:`Backend.compare_and_set`, guarded as :meth:`guarded_set` is: ``False`` if
+        the version is not ``expected`` while the guard holds, NotHeld if the guard does not
+        (whatever the version)."""
+        raise Unsupported("this backend cannot guard writes by a holding")
+
+    async def guarded_delete(self, contender: ContenderT, key: str) -> bool:
+        """:meth:`Backend.delete`, guarded as :meth:`guarded_set` is: whether it existed."""
+        raise Unsupported("this backend cannot guard writes by a holding")
 
     # -- group members -------------------------------------------------------------------
 

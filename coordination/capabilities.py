@@ -34,3 +34,8 @@ class Capability(enum.Enum):
     """A lock and an election of the same name are one contender queue: while one is held,
     the other waits (etcd's and ZooKeeper's recipes lay both out under the name, so their
     own tools see them so). Without it, the two are independent."""
+
+    GUARDED_WRITES = "guarded_writes"
+    """``config.set/compare_and_set/delete(..., guard=held)``: the server itself checks, in
+    the same atomic operation as the write, that the holding still owns its lock or leads its
+    election, and refuses the write (writing nothing) once it does not."""

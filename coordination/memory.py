@@ -19,7 +19,7 @@ timeout  10      operation timeout, seconds
 identity         holder identity recorded with locks (default ``hostname:pid``)
 ======== ======= ===========================================================
 
-Declared capabilities: FAIR, SINGLE_WAKEUP, EXPIRE_SESSION. Not CROSS_PROCESS (state is
+Declared capabilities: FAIR, SINGLE_WAKEUP, EXPIRE_SESSION, GUARDED_WRITES. Not CROSS_PROCESS (state is
 in this process) and not EVERY_VERSION (a watcher sees the latest value when it wakes).
 """
 
@@ -176,6 +176,15 @@ class MemoryStore:
         if was_head:
             self.changes.notify(key)
 
+    def evict(self, kind: Kind, name: str) -> bool:
+        """Remove the owner of lock or election ``name`` while its session lives, as an
+        operator deleting its key or node on a server would; whether there was one."""
+        head = self.head(kind, name)
+        if head is None:
+            return False
+        self.remove(head)
+        return True
+
     def head(self, kind: Kind, name: str) -> _Contender | None:
         self.reap()
         queue = self.queues.get((kind, name))
@@ -186,6 +195,19 @@ class MemoryStore:
         if contender is None:
             return math.inf
         return max(0.0, contender.session.expires_at - time.monotonic())
+
+    def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
+        current = self.values.get(key)
+        if (current.version if current else None) != expected:
+            return False
+        self.write(key, value)
+        return True
+
+    def delete(self, key: str) -> bool:
+        if key not in self.values:
+            return False
+        self.write(key, None)
+        return True
 
     def write(self, key: str, value: bytes | None) -> int:
         revision = self.next_revision()
@@ -270,6 +292,29 @@ class _MemorySession(BackendSession[_Contender]):
         contender.value = value
         self.store.changes.notify((contender.kind, contender.name))
 
+    def _guard(self, contender: _Contender) -> None:
+        """The ownership check of a guarded write, as a server makes it."""
+        self._check()
+        if self.store.head(contender.kind, contender.name) is not contender:
+            raise NotHeld(f"{contender.name!r}: this contender is no longer the owner")
+
+    async def guarded_set(self, contender: _Contender, key: str, value: bytes) -> int:
+        await anyio.lowlevel.checkpoint()
+        self._guard(contender)
+        return self.store.write(key, value)
+
+    async def guarded_compare_and_set(
+        self, contender: _Contender, key: str, value: bytes, expected: int | None
+    ) -> bool:
+        await anyio.lowlevel.checkpoint()
+        self._guard(contender)
+        return self.store.compare_and_set(key, value, expected)
+
+    async def guarded_delete(self, contender: _Contender, key: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        self._guard(contender)
+        return self.store.delete(key)
+
     async def join(self, group: str, member_id: str, value: bytes) -> None:
         await anyio.lowlevel.checkpoint()
         self._check()
@@ -290,7 +335,9 @@ class MemoryBackend(Backend):
     """``memory://[NAME]``: the embedded in-process backend (see the module docstring)."""
 
     scheme = "memory"
-    capabilities = frozenset({Capability.FAIR, Capability.SINGLE_WAKEUP, Capability.EXPIRE_SESSION})
+    capabilities = frozenset(
+        {Capability.FAIR, Capability.SINGLE_WAKEUP, Capability.EXPIRE_SESSION, Capability.GUARDED_WRITES}
+    )
     wakeups: int  # counted (Backend.wakeups): set to 0 in __init__
 
     def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
@@ -369,18 +416,11 @@ class MemoryBackend(Backend):
 
     async def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
         await anyio.lowlevel.checkpoint()
-        current = self.store.values.get(key)
-        if (current.version if current else None) != expected:
-            return False
-        self.store.write(key, value)
-        return True
+        return self.store.compare_and_set(key, value, expected)
 
     async def delete(self, key: str) -> bool:
         await anyio.lowlevel.checkpoint()
-        if key not in self.store.values:
-            return False
-        self.store.write(key, None)
-        return True
+        return self.store.delete(key)
 
     async def watch(self, key: str, resume: ResumePoint) -> AsyncIterator[Versioned | None]:
         store = self.store

@@ -8,17 +8,18 @@ Made by a :class:`~coordination.Coordinator` (``coord.lock(name)``, ``coord.elec
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from ._engine import Contender, Engine, Holding, Membership, Session
 from ._names import validate_value
 from ._types import Leader, Member, Versioned
-from .abc import HISTORY_RESET
-from .exceptions import LeadershipLost, LockLost
+from .abc import HISTORY_RESET, BackendSession
+from .capabilities import Capability
+from .exceptions import LeadershipLost, LockLost, Unsupported
 
 __all__ = [
     "Config",
@@ -33,6 +34,8 @@ __all__ = [
     "Membership",
     "Versioned",
 ]
+
+T = TypeVar("T")
 
 
 class HeldLock(Holding):
@@ -228,28 +231,85 @@ class Config:
         self._engine.check_open()
         return await self._engine.call(self._engine.backend.get(self._key), f"reading {self.name!r}")
 
-    async def set(self, value: bytes) -> int:
-        """Write ``value``; return its new version."""
+    async def set(self, value: bytes, *, guard: HeldLock | Leadership | None = None) -> int:
+        """Write ``value``; return its new version.
+
+        With ``guard`` (a :class:`HeldLock` or :class:`Leadership` of this coordinator) the
+        server applies the write only if that holding still owns its lock or leads its
+        election, checked in the same atomic operation; see :meth:`guarded`.
+        """
         value = validate_value(value)
+        if guard is not None:
+            return await self._guarded(
+                guard, lambda bs, contender: bs.guarded_set(contender, self._key, value), "writing"
+            )
         self._engine.check_open()
         return await self._engine.call(self._engine.backend.set(self._key, value), f"writing {self.name!r}")
 
-    async def compare_and_set(self, value: bytes, expected_version: int | None) -> bool:
-        """Write only if the current version is ``expected_version`` (``None``: only if absent)."""
+    async def compare_and_set(
+        self, value: bytes, expected_version: int | None, *, guard: HeldLock | Leadership | None = None
+    ) -> bool:
+        """Write only if the current version is ``expected_version`` (``None``: only if absent).
+
+        With ``guard``, also only while that holding is the owner (see :meth:`set`): a
+        version that does not match returns ``False``, a guard that does not hold raises.
+        """
         value = validate_value(value)
         if expected_version is not None and (
             not isinstance(expected_version, int) or isinstance(expected_version, bool)
         ):
             raise TypeError(f"expected_version must be an int or None, not {type(expected_version).__name__}")
+        if guard is not None:
+            expected = expected_version
+            return await self._guarded(
+                guard,
+                lambda bs, contender: bs.guarded_compare_and_set(contender, self._key, value, expected),
+                "writing",
+            )
         self._engine.check_open()
         return await self._engine.call(
             self._engine.backend.compare_and_set(self._key, value, expected_version), f"writing {self.name!r}"
         )
 
-    async def delete(self) -> bool:
-        """Delete the value; return whether it existed."""
+    async def delete(self, *, guard: HeldLock | Leadership | None = None) -> bool:
+        """Delete the value; return whether it existed. With ``guard``, only while that
+        holding is the owner (see :meth:`set`)."""
+        if guard is not None:
+            return await self._guarded(
+                guard, lambda bs, contender: bs.guarded_delete(contender, self._key), "deleting"
+            )
         self._engine.check_open()
         return await self._engine.call(self._engine.backend.delete(self._key), f"deleting {self.name!r}")
+
+    async def _guarded(
+        self,
+        guard: HeldLock | Leadership,
+        write: Callable[[BackendSession[Any], Any], Awaitable[T]],
+        verb: str,
+    ) -> T:
+        """A write guarded by ``guard``: what :meth:`set`, :meth:`compare_and_set` and
+        :meth:`delete` do with ``guard=``.
+
+        The server refuses the write, writing nothing, once the holding is no longer the
+        owner, even while this client still thinks it is (its key or node deleted by an
+        operator, its session ended while this process was paused): then the holding's loss
+        error is raised (:class:`~coordination.LockLost`, :class:`~coordination.LeadershipLost`)
+        and the holding is lost from here on, its ``async with`` body cancelled. A guard
+        already released raises :class:`~coordination.NotHeld` and one known to be lost its
+        loss error, both before any I/O. Needs :attr:`Capability.GUARDED_WRITES`.
+        """
+        engine = self._engine
+        if not isinstance(guard, Holding):
+            raise TypeError(f"guard must be a HeldLock or a Leadership, not {type(guard).__name__}")
+        if guard._engine is not engine:
+            raise ValueError(
+                f"the guard {guard!r} belongs to another coordinator: guard writes of {self!r} with a"
+                " lock or leadership of the coordinator that made it"
+            )
+        engine.check_open()
+        if Capability.GUARDED_WRITES not in engine.backend.capabilities:
+            raise Unsupported(f"the {engine.backend.scheme} backend cannot guard writes by a holding")
+        return await guard._guarded(write, f"{verb} {self.name!r} guarded by {guard._what} {guard.name!r}")
 
     async def watch(self) -> AsyncGenerator[Versioned | None, None]:
         """Yield the current state first, then each change (``None`` when absent).

@@ -361,6 +361,24 @@ class GroupWatchEachBackend(_Variant):
                 store.watching[group] -= watches
 
 
+# -- guarded writes that the server does not check ---------------------------------------------
+
+
+class _UnguardedSession(_MemorySession):
+    """A guarded write checks only that the session lives (as a client that trusts its own
+    ``held`` would), not that the contender still owns the name."""
+
+    def _guard(self, contender: _Contender) -> None:
+        self._check()
+
+
+class UnguardedBackend(_Variant):
+    """Guarded writes are applied whoever owns the name now."""
+
+    scheme = "memory-unguarded"
+    session_class = _UnguardedSession
+
+
 VARIANTS: dict[str, type[MemoryBackend]] = {
     backend.scheme: backend
     for backend in (
@@ -377,6 +395,7 @@ VARIANTS: dict[str, type[MemoryBackend]] = {
         UnboundMembersBackend,
         GroupPollBackend,
         GroupWatchEachBackend,
+        UnguardedBackend,
     )
 }
 """Every broken variant by its scheme."""
@@ -403,6 +422,13 @@ class BrokenMemoryFixtures(CoordinationFixtures):
         backend = coord.driver
         assert isinstance(backend, MemoryBackend)
         return sum(backend.store.watching.values())
+
+    async def remove_owner(self, harness: Harness, kind: Kind, name: str) -> bool:
+        """Evict the owner from the store, as an operator deleting its key would."""
+        async with harness.session() as coord:
+            backend = coord.driver
+            assert isinstance(backend, MemoryBackend)
+            return backend.store.evict(kind, f"{coord.namespace}/{name}")
 
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Contenders queued under the namespace, and sessions of ``session_ids`` still alive."""

@@ -9,6 +9,7 @@ from coordination.testing import (
     ConfigTests,
     ElectionTests,
     GroupTests,
+    GuardedWriteTests,
     LockTests,
     SessionTests,
 )
@@ -42,4 +43,8 @@ class TestSession(SessionTests, MemoryFixtures):
 
 
 class TestBadInput(BadInputTests, MemoryFixtures):
+    pass
+
+
+class TestGuardedWrites(GuardedWriteTests, MemoryFixtures):
     pass

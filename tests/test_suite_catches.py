@@ -53,6 +53,7 @@ from coordination.testing import (
     ElectionTests,
     FaultTests,
     GroupTests,
+    GuardedWriteTests,
     LockTests,
     SessionTests,
 )
@@ -89,6 +90,10 @@ class TestFaults(FaultTests, Fixtures):
 
 
 class TestGroup(GroupTests, Fixtures):
+    pass
+
+
+class TestGuardedWrites(GuardedWriteTests, Fixtures):
     pass
 """
 
@@ -199,6 +204,15 @@ CATCHES: dict[str, Catch] = {
     ),
     "memory-group-watch-each": Catch(
         {"TestGroup::test_many_members_one_watch": "one server-side watch; counted [1001]"}
+    ),
+    "memory-unguarded": Catch(
+        {
+            f"TestGuardedWrites::test_the_server_refuses_once_the_owner_was_deleted[{write}-{kind}]": (
+                "DID NOT RAISE"
+            )
+            for write in ("set", "compare_and_set", "delete")
+            for kind in ("lock", "election")
+        }
     ),
     "memory-watch-backwards": Catch(
         {"TestConfig::test_watch_is_ordered_and_ends_on_latest": "went back to older versions"}

@@ -2,6 +2,8 @@
 
 * :mod:`coordination.testing.suite` — the test mixins (``LockTests``, ``ElectionTests``,
   ``ConfigTests``, ``SessionTests``, ``BadInputTests``, ``GroupTests``);
+* :mod:`coordination.testing.guarded` — ``GuardedWriteTests``: config writes guarded by a
+  lock or leadership, refused by the server once it is not the owner;
 * :mod:`coordination.testing.faults` — ``FaultTests``, the fault suite (marked ``faults``);
 * :mod:`coordination.testing.cluster` — ``ClusterFaultTests``, the cluster fault suite
   (marked ``faults`` and ``cluster``): nodes of a server cluster killed, cut off, restarted;
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from .cluster import ClusterFaultTests
     from .faults import FaultTests
     from .fixtures import ClusterHarness, CoordinationFixtures, Harness, Recorder, SharedCluster
+    from .guarded import GuardedWriteTests
     from .suite import BadInputTests, ConfigTests, ElectionTests, GroupTests, LockTests, SessionTests
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "ElectionTests",
     "FaultTests",
     "GroupTests",
+    "GuardedWriteTests",
     "Harness",
     "LockTests",
     "Recorder",
@@ -55,6 +59,7 @@ _WHERE = {
     "Recorder": ".fixtures",
     "SharedCluster": ".fixtures",
     "FaultTests": ".faults",
+    "GuardedWriteTests": ".guarded",
     "BadInputTests": ".suite",
     "ConfigTests": ".suite",
     "ElectionTests": ".suite",

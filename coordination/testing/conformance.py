@@ -17,6 +17,7 @@ import pytest
 
 from .faults import FaultTests
 from .fixtures import CoordinationFixtures
+from .guarded import GuardedWriteTests
 from .suite import BadInputTests, ConfigTests, ElectionTests, GroupTests, LockTests, SessionTests
 
 
@@ -54,4 +55,8 @@ class TestGroup(GroupTests, URLFixtures):
 
 
 class TestFaults(FaultTests, URLFixtures):
+    pass
+
+
+class TestGuardedWrites(GuardedWriteTests, URLFixtures):
     pass

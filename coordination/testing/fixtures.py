@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup
 
 import coordination
 from coordination import Capability, Coordinator, SessionState, Versioned
-from coordination.abc import HISTORY_RESET, HistoryReset, ResumePoint, parse_url
+from coordination.abc import HISTORY_RESET, HistoryReset, Kind, ResumePoint, parse_url
 
 from .holder import HolderEvent, HolderProcess
 from .plugin import CAPABILITY_SKIP_PREFIX, FIXTURE_CAPABILITY, NOT_RUN_PREFIX, timeout_multiplier
@@ -351,6 +351,15 @@ class Harness:
         """Server-side watches of ``coord``'s client now (:meth:`CoordinationFixtures.watches`)."""
         return await self.fixtures.watches(self, coord)
 
+    async def remove_owner(self, kind: Kind, name: str) -> None:
+        """Delete the owner of ``name``'s key or node as an operator would
+        (:meth:`CoordinationFixtures.remove_owner`); the test is reported as not run if the
+        fixture cannot, and fails if there was no owner."""
+        removed = await self.fixtures.remove_owner(self, kind, name)
+        if removed is None:
+            not_run(f"the fixture cannot delete an owner's key or node from outside ({self.scheme})")
+        assert removed, f"{kind} {name!r} had no owner to delete"
+
     def connect(self, **options: Any) -> Coordinator:
         """An unopened coordinator on the test's namespace (the suite's options, overridden)."""
         return coordination.connect(self.url, **{**self.options, **options})
@@ -546,6 +555,18 @@ class CoordinationFixtures:
         The group tests check with it that a watch of 1,000 members is one watch, not one per
         member, and not none (a poll). ``None`` (the default): the fixture cannot tell, and
         that check is reported as not run.
+        """
+        return None
+
+    async def remove_owner(self, harness: Harness, kind: Kind, name: str) -> bool | None:
+        """Delete the key or node of the current owner of lock or election ``name`` (in
+        ``harness``'s namespace) from outside, with the backend's own tool, as an operator
+        would (``etcdctl del``, kazoo or zkCli, ``consul kv delete``), while the owner's
+        session lives on; whether there was an owner.
+
+        The guarded-write tests check with it that the server, not the client, refuses a
+        write guarded by a holding that is gone. ``None`` (the default): the fixture cannot,
+        and those tests are reported as not run.
         """
         return None
 

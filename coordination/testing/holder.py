@@ -15,6 +15,7 @@ and reports on stdout, one line per event, ``<event> <token or -> <time> [detail
 ``cancelled``   the body was cancelled (the lock was lost)
 ``lost``        ``LockLost`` (``LeadershipLost``) was raised at the exit of the body (the
                 detail: its message)
+``writing``     with ``--guarded``: a guarded config write is about to be sent
 ``state``       the session state changed (the detail is its name)
 ``blocked``     about to block the event loop (command ``block``)
 ``unblocked``   the loop runs again
@@ -50,6 +51,13 @@ loss.
 
 With an election (``--election VALUE``) the events are the same, with the leadership's
 token; releasing is resigning.
+
+With ``--guarded CONFIG`` the writes are config writes instead, guarded by the holding
+(``config.set(value, guard=held)``, value ``<label> <token> <n>``), made from the event
+loop; each is reported as ``writing`` before it is sent and ``write`` after, with the
+detail ``accepted <version>``, ``refused server`` (the server refused it on its ownership
+check: the loss error came from its answer), ``refused local`` (the holding was known to be
+lost before any I/O) or ``error <exception name>`` (its outcome unknown, as after a timeout).
 
 With ``--member VALUE`` it joins the group ``NAME`` with ``VALUE`` instead, reports
 ``joined - <time> <member id>`` once the member is on the server, and stays a member (re-
@@ -188,13 +196,16 @@ class _Holder:
         self.release_now = anyio.Event()
         self.stdin = _Stdin()
         self.status = 0
-        label = args.label if args.label is not None else str(os.getpid())
+        label = self.label = args.label if args.label is not None else str(os.getpid())
+        self.config: coordination.Config | None = None
+        self.writes = 0
         self.spans = None if args.spans is None else _SpanLog(args.spans, label)
         self.writer = _Writer(args.resource, args.name, label)
 
     async def run(self) -> None:
         args = self.args
         async with coordination.connect(args.url) as coord, anyio.create_task_group() as tg:
+            self.config = None if args.guarded is None else coord.config(args.guarded)
             tg.start_soon(self._report_states, coord)
             if args.commands:
                 tg.start_soon(self._commands, tg)
@@ -258,10 +269,29 @@ class _Holder:
             if not every:
                 await self.release_now.wait()
                 return
+            while self.config is not None and not self.release_now.is_set():
+                await anyio.sleep(every)
+                await self._guarded_write(self.config, held)
             while not self.release_now.is_set():
                 # The work runs in a worker thread (blocking I/O), which a cancellation does not
                 # interrupt: a write that was under way when the process stopped still happens.
                 await anyio.to_thread.run_sync(self.writer.work, every, held.token)
+
+    async def _guarded_write(self, config: coordination.Config, held: HeldLock | Leadership) -> None:
+        """One config write guarded by ``held``, reported (see the module docstring)."""
+        self.writes += 1
+        _emit("writing", held.token)
+        try:
+            version = await config.set(f"{self.label} {held.token} {self.writes}".encode(), guard=held)
+        except (LockLost, LeadershipLost) as exc:
+            # Refused by the server: the loss error is raised from its answer (NotHeld, an
+            # expired session); known lost before any I/O: raised without a cause.
+            _emit("write", held.token, "refused server" if exc.__cause__ is not None else "refused local")
+            raise
+        except coordination.CoordinationError as exc:
+            _emit("write", held.token, f"error {type(exc).__name__}")
+            return
+        _emit("write", held.token, f"accepted {version}")
 
     async def _report_states(self, coord: coordination.Coordinator) -> None:
         async for state in coord.states():
@@ -306,6 +336,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--member", default=None, metavar="VALUE", help="join the group NAME with VALUE instead of locking"
+    )
+    parser.add_argument(
+        "--guarded",
+        default=None,
+        metavar="CONFIG",
+        help="write the config value CONFIG, guarded by the holding, every --write-every seconds",
     )
     parser.add_argument("--spans", default=None, metavar="PATH", help="append each held span to this log")
     parser.add_argument("--label", default=None, help="this holder's name in the span log (default: its pid)")

@@ -24,7 +24,6 @@ from coordination.abc import (
 from coordination.capabilities import Capability
 from coordination.exceptions import (
     InvalidURL,
-    Unavailable,
 )
 
 from ._client import ConsulClient, KVPair
@@ -32,13 +31,16 @@ from ._session import (
     BLOCKING_WAIT,
     LOCK_FLAG_VALUE,
     ConsulSession,
-    b64,
+    answered,
     blocking_read,
+    compare_and_set_ops,
+    delete_ops,
     lock_key,
     members_prefix,
     read_key,
-    refusal,
+    set_ops,
     token_of,
+    written,
 )
 
 __all__ = ["LOCK_FLAG_VALUE", "ConsulBackend", "lock_key", "token_of"]
@@ -145,7 +147,7 @@ class ConsulBackend(Backend):
 
     scheme = "consul"
     wakeups: int  # counted (Backend.wakeups): set to 0 in __init__
-    capabilities = frozenset({Capability.CROSS_PROCESS, Capability.EXPIRE_SESSION})
+    capabilities = frozenset({Capability.CROSS_PROCESS, Capability.EXPIRE_SESSION, Capability.GUARDED_WRITES})
     options: ClassVar[Mapping[str, Option]] = {
         **COMMON_OPTIONS,
         "ttl": Option(float, 15.0, "Session TTL in seconds.", minimum=0.1),
@@ -292,32 +294,15 @@ class ConsulBackend(Backend):
         return Versioned(pair.value, pair.modify_index) if pair is not None else None
 
     async def set(self, key: str, value: bytes) -> int:
-        outcome = await self.http.txn(
-            [{"KV": {"Verb": "set", "Key": key, "Value": b64(value)}}], f"to write {key!r}"
-        )
-        if not outcome.ok or not outcome.results:
-            raise Unavailable(f"Consul refused to write {key!r}: {'; '.join(outcome.errors)}")
-        return outcome.results[-1].modify_index
+        return written(await self.http.txn(set_ops(key, value), f"to write {key!r}"), key)
 
     async def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
-        if expected is not None and expected <= 0:
-            return False  # no version is 0 or less (and cas=0 would mean "only if absent")
-        outcome = await self.http.txn(
-            [{"KV": {"Verb": "cas", "Key": key, "Value": b64(value), "Index": expected or 0}}],
-            f"to write {key!r}",
-        )
-        if not outcome.ok:
-            refusal(outcome, f"to write {key!r}")
-        return outcome.ok
+        ops = compare_and_set_ops(key, value, expected)
+        return bool(ops) and answered(await self.http.txn(ops, f"to write {key!r}"), f"to write {key!r}")
 
     async def delete(self, key: str) -> bool:
-        outcome = await self.http.txn(
-            [{"KV": {"Verb": "get", "Key": key}}, {"KV": {"Verb": "delete", "Key": key}}],
-            f"to delete {key!r}",
-        )
-        if not outcome.ok:
-            refusal(outcome, f"to delete {key!r}")  # "doesn't exist": nothing deleted
-        return outcome.ok
+        outcome = await self.http.txn(delete_ops(key), f"to delete {key!r}")
+        return answered(outcome, f"to delete {key!r}")  # "doesn't exist": nothing deleted
 
     async def watch(
         self, key: str, resume: ResumePoint

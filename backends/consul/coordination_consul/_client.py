@@ -72,6 +72,8 @@ class TxnOutcome(NamedTuple):
     ok: bool
     results: list[KVPair]
     errors: list[str]
+    failed: frozenset[int] = frozenset()
+    """The indexes (in the list of operations) of the operations that failed."""
 
 
 class _Response(NamedTuple):
@@ -257,7 +259,8 @@ class ConsulClient:
             body = json.loads(response.body)
             results = [KVPair.from_json(r["KV"]) for r in body.get("Results") or () if r.get("KV")]
             errors = [str(e.get("What", "")) for e in body.get("Errors") or ()]
-        return TxnOutcome(response.status == 200, results, errors)
+            failed = frozenset(int(e.get("OpIndex") or 0) for e in body.get("Errors") or ())
+        return TxnOutcome(response.status == 200, results, errors, failed)
 
     # -- sessions --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -166,6 +166,39 @@ def refusal(outcome: TxnOutcome, what: str) -> str:
     raise Unavailable(f"Consul refused {what}: {text or 'no reason given'}")
 
 
+def set_ops(key: str, value: bytes) -> list[dict[str, Any]]:
+    """The transaction of a config write."""
+    return [{"KV": {"Verb": "set", "Key": key, "Value": b64(value)}}]
+
+
+def compare_and_set_ops(key: str, value: bytes, expected: int | None) -> list[dict[str, Any]]:
+    """The transaction of a compare-and-set; none where no version can match (no version is
+    0 or less, and ``cas`` with index 0 would mean "only if absent")."""
+    if expected is not None and expected <= 0:
+        return []
+    return [{"KV": {"Verb": "cas", "Key": key, "Value": b64(value), "Index": expected or 0}}]
+
+
+def delete_ops(key: str) -> list[dict[str, Any]]:
+    """The transaction of a delete that tells whether the key existed (``get`` fails if not)."""
+    return [{"KV": {"Verb": "get", "Key": key}}, {"KV": {"Verb": "delete", "Key": key}}]
+
+
+def written(outcome: TxnOutcome, key: str) -> int:
+    """The version a committed write transaction gave ``key``."""
+    if not outcome.ok or not outcome.results:
+        raise Unavailable(f"Consul refused to write {key!r}: {'; '.join(outcome.errors)}")
+    return outcome.results[-1].modify_index
+
+
+def answered(outcome: TxnOutcome, what: str) -> bool:
+    """Whether a conditional transaction committed; Unavailable if it failed for another
+    reason than its condition (see :func:`refusal`)."""
+    if not outcome.ok:
+        refusal(outcome, what)
+    return outcome.ok
+
+
 @dataclass(eq=False)
 class _Contender:
     kind: Kind
@@ -300,6 +333,34 @@ class ConsulSession(BackendSession[_Contender]):
         contender.registration = None
 
     # -- group members ---------------------------------------------------------------------
+
+    # -- writes guarded by an owner ------------------------------------------------------
+
+    async def guarded_set(self, contender: _Contender, key: str, value: bytes) -> int:
+        return written(await self._guarded(contender, set_ops(key, value), f"to write {key!r}"), key)
+
+    async def guarded_compare_and_set(
+        self, contender: _Contender, key: str, value: bytes, expected: int | None
+    ) -> bool:
+        ops = compare_and_set_ops(key, value, expected)
+        outcome = await self._guarded(contender, ops, f"to write {key!r}")
+        return bool(ops) and answered(outcome, f"to write {key!r}")
+
+    async def guarded_delete(self, contender: _Contender, key: str) -> bool:
+        return answered(
+            await self._guarded(contender, delete_ops(key), f"to delete {key!r}"), f"to delete {key!r}"
+        )
+
+    async def _guarded(self, contender: _Contender, ops: list[dict[str, Any]], what: str) -> TxnOutcome:
+        """``ops`` in one transaction after a ``check-session`` of the contender's lock key:
+        NotHeld if this session no longer holds it (nothing applied)."""
+        check = {"KV": {"Verb": "check-session", "Key": contender.key, "Session": self.id}}
+        outcome = await self._http.txn([check, *ops], what)
+        if not outcome.ok and 0 in outcome.failed:
+            raise NotHeld(
+                f"{contender.key!r} is no longer held by session {self.id}: {'; '.join(outcome.errors)}"
+            )
+        return outcome
 
     async def join(self, group: str, member_id: str, value: bytes) -> None:
         key = member_key(group, member_id, self.id)

@@ -37,8 +37,7 @@ from ._client import (
     Compacted,
     EtcdClient,
     KeyValue,
-    compare_create,
-    compare_mod,
+    compare_version,
     members_prefix,
     open_channel,
     put_op,
@@ -119,7 +118,8 @@ class EtcdBackend(Backend):
 
     Declared capabilities: CROSS_PROCESS, EVERY_VERSION (a watch yields every revision of
     the key, except revisions compacted away before it saw them), FAIR (create-revision
-    order), SINGLE_WAKEUP, EXPIRE_SESSION (revokes the lease).
+    order), SINGLE_WAKEUP, EXPIRE_SESSION (revokes the lease), GUARDED_WRITES (one
+    transaction comparing the owner's key, as Go's ``Mutex.IsOwner()``, with the write).
     """
 
     scheme = "etcd"
@@ -128,6 +128,7 @@ class EtcdBackend(Backend):
         {
             Capability.CROSS_PROCESS,
             Capability.EVERY_VERSION,
+            Capability.GUARDED_WRITES,
             Capability.FAIR,
             Capability.SHARED_QUEUE,
             Capability.SINGLE_WAKEUP,
@@ -361,8 +362,7 @@ class EtcdBackend(Backend):
 
     async def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
         k = key.encode()
-        compare = compare_create(k, 0) if expected is None else compare_mod(k, expected)
-        reply = await self.client.txn([compare], [put_op(k, value)])
+        reply = await self.client.txn([compare_version(k, expected)], [put_op(k, value)])
         return reply.succeeded
 
     async def delete(self, key: str) -> bool:

@@ -90,8 +90,13 @@ class RangeResponse(Protocol):
     more: bool
 
 
+class _DeleteRangeResponse(Protocol):
+    deleted: int
+
+
 class _ResponseOp(Protocol):
     response_range: RangeResponse
+    response_delete_range: _DeleteRangeResponse
 
 
 class TxnResponse(Protocol):
@@ -235,6 +240,12 @@ def members_prefix(group: str) -> bytes:
 def compare_mod(key: bytes, revision: int) -> Message:
     """True if ``key`` was last modified at ``revision``."""
     return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key, mod_revision=revision)
+
+
+def compare_version(key: bytes, expected: int | None) -> Message:
+    """A config value's compare-and-set condition: ``key`` was last modified at revision
+    ``expected`` (its version), or, for ``None``, does not exist."""
+    return compare_create(key, 0) if expected is None else compare_mod(key, expected)
 
 
 # -- the client ----------------------------------------------------------------------------

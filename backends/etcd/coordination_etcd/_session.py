@@ -27,8 +27,11 @@ from ._client import (
     EtcdClient,
     KeepAliveStream,
     KeyValue,
+    Message,
+    TxnResponse,
     compare_create,
     compare_lease,
+    compare_version,
     delete_op,
     members_prefix,
     put_op,
@@ -254,6 +257,40 @@ class EtcdSession(BackendSession[_Contender]):
                 c.value = value
                 return
         raise NotHeld(f"{c.key.decode()!r} is no longer in the election")
+
+    # -- writes guarded by an owner --------------------------------------------------------
+
+    async def guarded_set(self, contender: _Contender, key: str, value: bytes) -> int:
+        reply = await self._guarded(contender, [], put_op(key.encode(), value))
+        return reply.header.revision
+
+    async def guarded_compare_and_set(
+        self, contender: _Contender, key: str, value: bytes, expected: int | None
+    ) -> bool:
+        k = key.encode()
+        reply = await self._guarded(contender, [compare_version(k, expected)], put_op(k, value))
+        return reply.succeeded
+
+    async def guarded_delete(self, contender: _Contender, key: str) -> bool:
+        reply = await self._guarded(contender, [], delete_op(key.encode()))
+        return reply.succeeded and reply.responses[0].response_delete_range.deleted > 0
+
+    async def _guarded(self, c: _Contender, compare: list[Message], write: Message) -> TxnResponse:
+        """One transaction: ``write`` if ``c``'s key is still the one it owns with (its create
+        revision is the token, bound to this lease: Go's ``Mutex.IsOwner()``) and ``compare``
+        holds; else read that key, to tell which failed. NotHeld if the guard did."""
+        if not c.rev:
+            raise NotHeld(f"{c.key.decode()!r} is not written")
+        reply = await self._client.txn(
+            [compare_create(c.key, c.rev), compare_lease(c.key, self.lease_id), *compare],
+            [write],
+            [range_op(range_request(c.key, keys_only=True))],
+        )
+        if not reply.succeeded:
+            own = reply.responses[0].response_range.kvs
+            if not own or own[0].create_revision != c.rev or own[0].lease != self.lease_id:
+                raise NotHeld(f"the key {c.key.decode()!r} of revision {c.rev} is gone from lease {self.id}")
+        return reply
 
     # -- group members ---------------------------------------------------------------------
 

@@ -12,18 +12,15 @@ from coordination import Capability, Leader, Member, Versioned
 from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, ResumePoint, SessionMonitor
 from coordination.exceptions import InvalidURL, Unsupported
 
+from . import _config as config
 from ._client import (
     CHILDREN_CHANGED,
     CREATED,
     DATA_CHANGED,
     DELETED,
     LOST,
-    BadVersion,
-    NodeExists,
     NoNode,
-    NotEmpty,
     ZooKeeperClient,
-    parent_of,
 )
 from ._session import NAMINGS, ZooKeeperSession, member_id, queue_order
 
@@ -93,7 +90,8 @@ class ZooKeeperBackend(Backend):
     negotiated timeout, before the server can expire it and hand its locks over, or at once
     when the server says it expired.
 
-    Declared capabilities: CROSS_PROCESS, FAIR, SINGLE_WAKEUP. Not EVERY_VERSION (ZooKeeper
+    Declared capabilities: CROSS_PROCESS, FAIR, SINGLE_WAKEUP, SHARED_QUEUE, GUARDED_WRITES
+    (one ``multi`` of a check of the owner's node and the write). Not EVERY_VERSION (ZooKeeper
     watches fire once: a watcher sees the latest value when it re-reads) and not
     EXPIRE_SESSION (ending another client's session needs its password).
     """
@@ -101,7 +99,13 @@ class ZooKeeperBackend(Backend):
     scheme = "zookeeper"
     wakeups: int  # counted (Backend.wakeups): set to 0 in __init__
     capabilities = frozenset(
-        {Capability.CROSS_PROCESS, Capability.FAIR, Capability.SINGLE_WAKEUP, Capability.SHARED_QUEUE}
+        {
+            Capability.CROSS_PROCESS,
+            Capability.FAIR,
+            Capability.GUARDED_WRITES,
+            Capability.SINGLE_WAKEUP,
+            Capability.SHARED_QUEUE,
+        }
     )
     options: ClassVar[Mapping[str, Option]] = {
         **COMMON_OPTIONS,
@@ -318,81 +322,16 @@ class ZooKeeperBackend(Backend):
     # -- config --------------------------------------------------------------------------
 
     async def get(self, key: str) -> Versioned | None:
-        try:
-            data, stat = await self.client.get("/" + key, sync=True)
-        except NoNode:
-            return None
-        return None if data is None else Versioned(data, stat.mzxid)
+        return await config.read_value(self.client, key)
 
     async def set(self, key: str, value: bytes) -> int:
-        path = "/" + key
-        client = self.client
-        while True:
-            try:
-                return (await client.set_data(path, value)).mzxid
-            except NoNode:
-                pass
-            try:
-                return (await client.create(path, value))[1].mzxid
-            except NodeExists:
-                continue
-            except NoNode:
-                await client.ensure_path(parent_of(path))
+        return await config.write_value(self.client, key, value)
 
     async def compare_and_set(self, key: str, value: bytes, expected: int | None) -> bool:
-        path = "/" + key
-        client = self.client
-        while True:
-            try:
-                data, stat = await client.get(path)
-            except NoNode:
-                if expected is not None:
-                    return False
-                try:
-                    await client.create(path, value)
-                    return True
-                except NodeExists:
-                    continue
-                except NoNode:
-                    await client.ensure_path(parent_of(path))
-                    continue
-            current = None if data is None else stat.mzxid
-            if current != expected:
-                return False
-            try:
-                await client.set_data(path, value, stat.version)
-                return True
-            except (BadVersion, NoNode):
-                if expected is not None:
-                    return False  # it changed after our read: not the expected version
-                continue  # absent, and still maybe absent: look again
+        return await config.compare_and_set(self.client, key, value, expected)
 
     async def delete(self, key: str) -> bool:
-        path = "/" + key
-        client = self.client
-        while True:
-            try:
-                data, stat = await client.get(path)
-            except NoNode:
-                return False
-            if data is None:
-                return False
-            try:
-                await client.delete(path, stat.version)
-                return True
-            except NoNode:
-                return False
-            except BadVersion:
-                continue
-            except NotEmpty:
-                pass
-            try:  # it has children: keep the znode, clear its value
-                await client.set_data(path, None, stat.version)
-                return True
-            except NoNode:
-                return False
-            except BadVersion:
-                continue
+        return await config.delete_value(self.client, key)
 
     async def watch(self, key: str, resume: ResumePoint) -> AsyncIterator[Versioned | None]:
         path = "/" + key

@@ -48,7 +48,7 @@ from aiozk.states import SessionStateMachine, States  # type: ignore[import-unty
 from anyio.abc import TaskGroup
 
 from coordination.abc import mapped_error
-from coordination.exceptions import CoordinationError, SessionExpired, Unavailable
+from coordination.exceptions import CoordinationError, NotHeld, SessionExpired, Unavailable
 
 log = logging.getLogger("coordination.zookeeper")
 
@@ -714,12 +714,35 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
             return await self.send(request)
         return (await self.send_all(protocol.SyncRequest(path="/"), request))[1]
 
+    async def guarded(self, guard: str | None, request: Any) -> Any:
+        """Send ``request``; with ``guard`` (a node's path) as one ``multi`` of a check that
+        the node exists, then ``request``: applied only if it does, else NotHeld (nothing
+        applied). The request's own error raises as from :meth:`send`."""
+        if guard is None:
+            return await self.send(request)
+        multi = protocol.TransactionRequest()
+        multi.add(protocol.CheckVersionRequest(path=guard, version=-1))
+        multi.add(request)
+        check, result = (await self.send(multi)).responses
+        if isinstance(check, NoNode):
+            raise NotHeld(f"the node {guard!r} is gone")
+        for response in (check, result):
+            if isinstance(response, BaseException):
+                raise_public(response)
+        return result
+
     async def create(
-        self, path: str, data: bytes | None, *, ephemeral: bool = False, sequential: bool = False
+        self,
+        path: str,
+        data: bytes | None,
+        *,
+        ephemeral: bool = False,
+        sequential: bool = False,
+        guard: str | None = None,
     ) -> tuple[str, Stat]:
         request = protocol.Create2Request(path=path, data=data, acl=_OPEN_ACL)
         request.set_flags(ephemeral=ephemeral, sequential=sequential)
-        response = await self.send(request)
+        response = await self.guarded(guard, request)
         return str(response.path), _stat(response.stat)
 
     async def create_and_list(
@@ -778,12 +801,14 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         response = await self._read(protocol.GetChildren2Request(path=path, watch=watch), sync)
         return [str(child) for child in response.children]
 
-    async def set_data(self, path: str, data: bytes | None, version: int = -1) -> Stat:
-        response = await self.send(protocol.SetDataRequest(path=path, data=data, version=version))
+    async def set_data(
+        self, path: str, data: bytes | None, version: int = -1, *, guard: str | None = None
+    ) -> Stat:
+        response = await self.guarded(guard, protocol.SetDataRequest(path=path, data=data, version=version))
         return _stat(response.stat)
 
-    async def delete(self, path: str, version: int = -1) -> None:
-        await self.send(protocol.DeleteRequest(path=path, version=version))
+    async def delete(self, path: str, version: int = -1, *, guard: str | None = None) -> None:
+        await self.guarded(guard, protocol.DeleteRequest(path=path, version=version))
 
 
 async def _attach_and_close(host: str, port: int, session_id: int, password: bytes, timeout: float) -> None:

@@ -35,6 +35,7 @@ import anyio
 from coordination.abc import Backend, BackendSession, Backoff, Kind, Queued, SessionMonitor
 from coordination.exceptions import NotHeld, SessionExpired, Unavailable
 
+from . import _config as config
 from ._client import (
     CONNECTED,
     DATA_CHANGED,
@@ -325,6 +326,24 @@ class ZooKeeperSession(BackendSession[Contender]):
             raise NotHeld(f"{contender.parent!r}: this candidate is no longer the leader") from None
 
     # -- group members: kazoo's Party ----------------------------------------------------
+
+    # -- writes guarded by an owner ------------------------------------------------------
+
+    def _guard(self, contender: Contender) -> str:
+        if contender.node is None:
+            raise NotHeld("the contender has no node")
+        return contender.path
+
+    async def guarded_set(self, contender: Contender, key: str, value: bytes) -> int:
+        return await config.write_value(self.client, key, value, self._guard(contender))
+
+    async def guarded_compare_and_set(
+        self, contender: Contender, key: str, value: bytes, expected: int | None
+    ) -> bool:
+        return await config.compare_and_set(self.client, key, value, expected, self._guard(contender))
+
+    async def guarded_delete(self, contender: Contender, key: str) -> bool:
+        return await config.delete_value(self.client, key, self._guard(contender))
 
     async def join(self, group: str, member_id: str, value: bytes) -> None:
         path = f"/{group}/{member_id}{PARTY_MARK}"

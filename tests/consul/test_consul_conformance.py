@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from coordination._url import parse_url
+from coordination.abc import Kind
 from coordination.testing import (
     BadInputTests,
     ConfigTests,
@@ -28,11 +29,13 @@ from coordination.testing import (
     ElectionTests,
     FaultTests,
     GroupTests,
+    GuardedWriteTests,
     Harness,
     LockTests,
     SessionTests,
 )
-from coordination.testing.servers import ConsulProcess, ServerProcess
+from coordination.testing.servers import ConsulProcess, ServerProcess, find_consul
+from coordination_consul import lock_key
 
 
 def _get(url: str, timeout: float) -> Any:
@@ -71,6 +74,21 @@ class ConsulFixtures(CoordinationFixtures):
 
     def new_server(self, harness: Harness) -> ServerProcess:
         return ConsulProcess(session_ttl_min="1s", persistent=True, start_timeout=harness.t(60))
+
+    async def remove_owner(self, harness: Harness, kind: Kind, name: str) -> bool:
+        """``consul kv delete`` of the lock's (election's) key, which Consul lets anyone do
+        whatever session holds it."""
+        url = parse_url(harness.url)
+        ((host, port),) = url.hosts
+        key = lock_key(kind, f"{url.namespace}/{name}")
+        base = f"http://{host}:{port}/v1"
+        held = await anyio.to_thread.run_sync(
+            _get, f"{base}/kv/{urllib.parse.quote(key)}?consistent", harness.t(10)
+        )
+        command = [str(find_consul()), "kv", "delete", f"-http-addr={host}:{port}", key]
+        done = await anyio.run_process(command, check=True)
+        assert b"Success" in done.stdout, done.stdout
+        return bool(held and held[0].get("Session"))
 
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Keys under the namespace held by a session (contenders), and sessions still alive."""
@@ -118,4 +136,8 @@ class TestFaults(FaultTests, ConsulFixtures):
 
 
 class TestGroup(GroupTests, ConsulFixtures):
+    pass
+
+
+class TestGuardedWrites(GuardedWriteTests, ConsulFixtures):
     pass

@@ -10,6 +10,8 @@ import pytest
 from aetcd import rpc  # type: ignore[import-untyped]
 
 from coordination import Coordinator
+from coordination._url import parse_url
+from coordination.abc import Kind
 from coordination.testing import (
     BadInputTests,
     ConfigTests,
@@ -17,6 +19,7 @@ from coordination.testing import (
     ElectionTests,
     FaultTests,
     GroupTests,
+    GuardedWriteTests,
     Harness,
     LockTests,
     SessionTests,
@@ -71,6 +74,21 @@ class EtcdFixtures(CoordinationFixtures):
                 return int(float(line.split()[1]))
         raise AssertionError(f"{url} has no etcd_debugging_mvcc_watcher_total")
 
+    async def remove_owner(self, harness: Harness, kind: Kind, name: str) -> bool:
+        """``etcdctl del`` of the first contender key under the name (by create revision)."""
+        assert isinstance(harness.server, EtcdProcess)
+        server = harness.server
+        prefix = f"{parse_url(harness.url).namespace}/{name}/"
+
+        def delete() -> bool:
+            listed = server.etcdctl(
+                "get", prefix, "--prefix", "--sort-by=CREATE", "--order=ASCEND", "--keys-only"
+            )
+            keys = [key for key in listed.stdout.split() if "/" not in key[len(prefix) :]]
+            return bool(keys) and server.etcdctl("del", keys[0]).stdout.strip() == "1"
+
+        return await anyio.to_thread.run_sync(delete)
+
     history_compaction = True
 
     async def compact(self, harness: Harness) -> None:
@@ -109,4 +127,8 @@ class TestFaults(FaultTests, EtcdFixtures):
 
 
 class TestGroup(GroupTests, EtcdFixtures):
+    pass
+
+
+class TestGuardedWrites(GuardedWriteTests, EtcdFixtures):
     pass

@@ -15,13 +15,15 @@ import pytest
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
 
 from coordination import Capability, Coordinator, HeldLock, Lock
+from coordination._url import parse_url
+from coordination.abc import Kind
 from coordination.testing import CoordinationFixtures, Harness
 from coordination.testing.holder import HolderProcess
 from coordination.testing.plugin import share_server
 from coordination.testing.servers import ServerProcess, ZooKeeperProcess, cache_dir, find_java
 from coordination_zookeeper import ZooKeeperBackend
 from coordination_zookeeper._client import NoNode, ZooKeeperClient
-from coordination_zookeeper._session import ZooKeeperSession
+from coordination_zookeeper._session import ZooKeeperSession, queue_order
 
 from . import curator_peer
 
@@ -101,6 +103,26 @@ class ZooKeeperFixtures(CoordinationFixtures):
         report = await anyio.to_thread.run_sync(harness.server.four_letter_word, "mntr", harness.t(5))
         counts = dict(line.split("\t", 1) for line in report.splitlines() if "\t" in line)
         return int(counts["zk_watch_count"])
+
+    async def remove_owner(self, harness: Harness, kind: Kind, name: str) -> bool:
+        """Delete the first contender node under the name with kazoo, as an operator would."""
+        assert isinstance(harness.server, ZooKeeperProcess)
+        server = harness.server
+        parent = f"/{parse_url(harness.url).namespace}/{name}"
+
+        def delete() -> bool:
+            client = KazooClient(hosts=server.address, timeout=5.0)
+            client.start(timeout=harness.t(15))
+            try:
+                nodes = queue_order(client.get_children(parent))
+                if nodes:
+                    client.delete(f"{parent}/{nodes[0]}")
+                return bool(nodes)
+            finally:
+                client.stop()
+                client.close()
+
+        return await anyio.to_thread.run_sync(delete)
 
     async def leftovers(self, harness: Harness, session_ids: Collection[str] = ()) -> list[str]:
         """Ephemeral znodes under the namespace (contenders), and sessions the server still keeps."""

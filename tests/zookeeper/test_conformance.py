@@ -8,6 +8,7 @@ from coordination.testing import (
     ElectionTests,
     FaultTests,
     GroupTests,
+    GuardedWriteTests,
     LockTests,
     SessionTests,
 )
@@ -40,4 +41,8 @@ class TestFaults(FaultTests, ZooKeeperFixtures):
 
 
 class TestGroup(GroupTests, ZooKeeperFixtures):
+    pass
+
+
+class TestGuardedWrites(GuardedWriteTests, ZooKeeperFixtures):
     pass

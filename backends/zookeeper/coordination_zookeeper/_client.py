@@ -714,22 +714,26 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
             return await self.send(request)
         return (await self.send_all(protocol.SyncRequest(path="/"), request))[1]
 
-    async def guarded(self, guard: str | None, request: Any) -> Any:
-        """Send ``request``; with ``guard`` (a node's path) as one ``multi`` of a check that
-        the node exists, then ``request``: applied only if it does, else NotHeld (nothing
-        applied). The request's own error raises as from :meth:`send`."""
+    async def guarded(self, guard: str | None, *requests: Any) -> list[Any]:
+        """Send ``requests``; with ``guard`` (a node's path) as one ``multi`` of a check that
+        the node exists, then ``requests``: applied only if it does, else NotHeld (nothing
+        applied). Their responses; a request's own error raises as from :meth:`send`."""
         if guard is None:
-            return await self.send(request)
+            return await self.send_all(*requests)
         multi = protocol.TransactionRequest()
         multi.add(protocol.CheckVersionRequest(path=guard, version=-1))
-        multi.add(request)
-        check, result = (await self.send(multi)).responses
+        for request in requests:
+            multi.add(request)
+        reply = await self.send(multi)
+        check, *results = reply.responses
         if isinstance(check, NoNode):
             raise NotHeld(f"the node {guard!r} is gone")
-        for response in (check, result):
-            if isinstance(response, BaseException):
+        for response in results:  # the check passed (rolled back with them)
+            if isinstance(response, BaseException) and not isinstance(response, exc.RolledBack):
                 raise_public(response)
-        return result
+        if isinstance(check, BaseException):
+            raise_public(check)
+        return list(results)
 
     async def create(
         self,
@@ -742,8 +746,16 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
     ) -> tuple[str, Stat]:
         request = protocol.Create2Request(path=path, data=data, acl=_OPEN_ACL)
         request.set_flags(ephemeral=ephemeral, sequential=sequential)
-        response = await self.guarded(guard, request)
-        return str(response.path), _stat(response.stat)
+        if guard is None:
+            response = await self.send(request)
+            return str(response.path), _stat(response.stat)
+        # In a multi the server answers a create without its stat: a write of the same data
+        # in the same transaction (one zxid) gives it.
+        assert not sequential, "a guarded create names its node"
+        created, written = await self.guarded(
+            guard, request, protocol.SetDataRequest(path=path, data=data, version=0)
+        )
+        return str(created.path), _stat(written.stat)
 
     async def create_and_list(
         self, path: str, data: bytes | None, *, ephemeral: bool, sequential: bool, make_parents: bool
@@ -804,7 +816,9 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
     async def set_data(
         self, path: str, data: bytes | None, version: int = -1, *, guard: str | None = None
     ) -> Stat:
-        response = await self.guarded(guard, protocol.SetDataRequest(path=path, data=data, version=version))
+        (response,) = await self.guarded(
+            guard, protocol.SetDataRequest(path=path, data=data, version=version)
+        )
         return _stat(response.stat)
 
     async def delete(self, path: str, version: int = -1, *, guard: str | None = None) -> None:

@@ -28,7 +28,7 @@ from ._harness import BackendImpls, LockImpl, progress
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 BACKENDS = ("zookeeper", "etcd", "consul")
-SECTIONS = ("uncontended", "handover", "watch", "failover", "scale")
+SECTIONS = ("uncontended", "handover", "watch", "writes", "failover", "scale")
 TTL = 2.0
 """Session TTL (seconds) of the failover measurement, on every backend."""
 CONSUL_LOCK_DELAY = 1.0
@@ -234,6 +234,30 @@ async def section_watch(
             )
 
 
+async def section_writes(
+    impls: BackendImpls, cfg: Settings, url: str, out: dict[str, Any], samples: dict[str, list[float]]
+) -> None:
+    """Config writes one after another: plain, guarded by a held lock, and the raw client's."""
+    from ._sdk import sdk_writes
+
+    writes = {**sdk_writes(url), f"one raw write ({impls.write_name})": impls.write}
+    for name in writes:
+        out[name] = _entry("floor" if name.startswith("one raw write") else "sdk", None)
+    for r in range(cfg.repeat):
+        for name in rotated(list(writes), r):
+            try:
+                run = await h.raw_writes(writes[name], f"w{r}-{uuid.uuid4().hex[:6]}", cfg.seconds)
+            except Exception as exc:
+                run = h.Run(error=f"{type(exc).__name__}: {exc}")
+            _record(out, name, out[name]["kind"], run, samples)
+            s = run.summary()
+            progress(
+                f"{impls.backend} writes [{r + 1}/{cfg.repeat}] {name}: "
+                f"{s['ops_per_s']:.0f}/s p50 {s['p50_ms']} ms p99 {s['p99_ms']} ms"
+                + (f" ERROR {run.error}" if run.error else "")
+            )
+
+
 async def failover_trial(
     impl: LockImpl, url: str, name: str, ttl: float, lock_delay: float, bound: float
 ) -> float:
@@ -361,13 +385,20 @@ async def run_backend(backend: str, args: argparse.Namespace, cfg: Settings, res
             **impls.failover_extra,
         }
         results["backends"][backend] = data
-        samples: dict[str, dict[str, list[float]]] = {"uncontended": {}, "handover": {}, "watch": {}}
+        samples: dict[str, dict[str, list[float]]] = {
+            "uncontended": {},
+            "handover": {},
+            "watch": {},
+            "writes": {},
+        }
         if "uncontended" in sections:
             await section_uncontended(impls, cfg, data.setdefault("uncontended", {}), samples["uncontended"])
         if "handover" in sections:
             await section_handover(impls, cfg, data.setdefault("handover", {}), samples["handover"])
         if "watch" in sections:
             await section_watch(impls, cfg, data.setdefault("watch", {}), samples["watch"])
+        if "writes" in sections:
+            await section_writes(impls, cfg, url, data.setdefault("writes", {}), samples["writes"])
         if "failover" in sections:
             await section_failover(impls, cfg, url, data.setdefault("failover", {}))
         if "scale" in sections:

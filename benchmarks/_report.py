@@ -297,6 +297,31 @@ def markdown(results: dict[str, Any]) -> str:
         floor = _floor_name(data)
         if floor and watch:
             lines.append(f"| | *{floor}* | {_fmt_lat(data['uncontended'][floor])} |")
+    write_rows = [(b, d["writes"]) for b, d in results["backends"].items() if d.get("writes")]
+    if write_rows:
+        lines += [
+            "",
+            "Config writes, one after another on one session: `config.set` plain, and guarded by a held "
+            "lock (the server checks the lock in the same atomic operation: etcd's transaction, "
+            "ZooKeeper's multi, Consul's transaction), next to one raw write. *guarded / plain* is the "
+            "ratio of the best p50s.",
+            "",
+            "| backend | write | writes /s | p50 / p99 | guarded / plain |",
+            "|---|---|--:|--:|--:|",
+        ]
+        for backend, writes in write_rows:
+            plain = _best(writes.get("coordination config.set", {}), "p50_ms")
+            for i, (name, entry) in enumerate(writes.items()):
+                ratio = ""
+                if "guarded" in name:
+                    ratio = (
+                        f"{_best(entry, 'p50_ms') / plain:.2f}x" if plain and not math.isnan(plain) else ""
+                    )
+                shown = f"*{name}*" if entry.get("kind") == "floor" else f"**{name}**"
+                lines.append(
+                    f"| {BACKEND_TITLES[backend] if i == 0 else ''} | {shown} | {_fmt_ops(entry)} "
+                    f"| {_fmt_lat(entry)} | {ratio} |"
+                )
     lines += ["", "## Targets", "", "| backend | target | figure | met |", "|---|---|---|---|"]
     for t in results.get("targets", []):
         met = "**met**" if t["met"] else "**missed**"

@@ -11,7 +11,7 @@ import anyio
 import coordination
 from coordination import HeldLock, Leadership
 
-from ._harness import AsyncLocker, LockImpl, Signal, WatchImpl, writer_loop
+from ._harness import AsyncLocker, LockImpl, Signal, WatchImpl, WriteRun, timed_writes, writer_loop
 
 
 class SdkLock:
@@ -82,3 +82,21 @@ def sdk_watch(url: str, **options: Any) -> WatchImpl:
             return latencies
 
     return WatchImpl("coordination config.watch()", "sdk", run=run)
+
+
+def sdk_writes(url: str, **options: Any) -> dict[str, WriteRun]:
+    """``config.set`` plain, and guarded by a held lock (the server checks the lock in the
+    same atomic operation), one write after another on one session."""
+
+    async def plain(key: str, seconds: float) -> list[float]:
+        async with coordination.connect(url, **options) as coord:
+            config = coord.config(key)
+            return await timed_writes(lambda i: config.set(b"%d" % i), seconds)
+
+    async def guarded(key: str, seconds: float) -> list[float]:
+        async with coordination.connect(url, **options) as coord:
+            config = coord.config(key)
+            async with coord.lock(key + "-guard") as held:
+                return await timed_writes(lambda i: config.set(b"%d" % i, guard=held), seconds)
+
+    return {"coordination config.set": plain, "coordination config.set, guarded by a lock": guarded}

@@ -142,8 +142,9 @@ class GuardedWriteTests:
     """Config writes guarded by a holding: the server refuses them once it is not the owner."""
 
     pause_rounds = 50
-    """Rounds of the pause test per kind (lock, election), over :attr:`pause_pairs` pairs."""
-    pause_pairs = 5
+    """Rounds of the pause test per kind (lock, election), over :attr:`pause_pairs` pairs
+    (``--coordination-pause-rounds`` overrides it)."""
+    pause_pairs = 10
     """Pairs of holder processes of the pause test, each on a name of its own, run at once."""
 
     @asyncio
@@ -274,7 +275,8 @@ class GuardedWriteTests:
         harness = harness.derive(options=harness.fixtures.fault_options(harness.options))
         rng = random.Random(request.node.nodeid)
         pairs: list[_Pair] = []
-        rounds = max(1, math.ceil(self.pause_rounds / self.pause_pairs))
+        total = request.config.getoption("coordination_pause_rounds", default=None) or self.pause_rounds
+        rounds = max(1, math.ceil(total / self.pause_pairs))
         async with AsyncExitStack() as stack:
             coord = await stack.enter_async_context(harness.session())
             tg = await stack.enter_async_context(anyio.create_task_group())

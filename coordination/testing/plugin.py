@@ -36,6 +36,13 @@ FIGURES = {
     "holder_on_leader": "holder on the leader",
     "lost_after_quorum_seconds": "LOST after quorum loss",
     "handover_seconds": "handover",
+    "rounds": "rounds",
+    "takeovers": "takeovers",
+    "stale_writes_attempted": "stale guarded writes attempted",
+    "stale_writes_refused_by_server": "refused by the server",
+    "stale_writes_refused_locally": "refused before any I/O",
+    "stale_writes_outcome_unknown": "outcome unknown",
+    "stale_writes_applied": "stale guarded writes applied",
     "overlaps": "overlaps",
     "acquisitions": "acquisitions",
 }
@@ -138,6 +145,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=None,
         help="scale every timeout of the conformance suite (or $COORDINATION_TIMEOUT_MULTIPLIER)",
+    )
+    group.addoption(
+        "--coordination-pause-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rounds of the guarded-write pause test per kind (default 50; more for a deeper run)",
     )
 
 

@@ -39,7 +39,8 @@ T = TypeVar("T")
 
 
 class HeldLock(Holding):
-    """A held distributed lock. ``token`` is its fencing token; pass it to the resource."""
+    """A held distributed lock. ``token`` is its fencing token; pass it to the resource, or
+    guard config writes with the lock itself (``config.set(value, guard=held)``)."""
 
     _what = "lock"
     _lost_error = LockLost
@@ -54,7 +55,8 @@ class HeldLock(Holding):
 
 
 class Leadership(Holding):
-    """Leadership of an election. ``token`` is its fencing token for the whole term."""
+    """Leadership of an election. ``token`` is its fencing token for the whole term; config
+    writes guarded by it (``config.set(value, guard=leadership)``) are refused once it ends."""
 
     _what = "leadership of"
     _lost_error = LeadershipLost
@@ -236,7 +238,9 @@ class Config:
 
         With ``guard`` (a :class:`HeldLock` or :class:`Leadership` of this coordinator) the
         server applies the write only if that holding still owns its lock or leads its
-        election, checked in the same atomic operation; see :meth:`guarded`.
+        election, checked by the server in the same atomic operation as the write. Refused,
+        it writes nothing and raises the holding's loss error (:class:`~coordination.LockLost`,
+        :class:`~coordination.LeadershipLost`), and the holding is lost from here on.
         """
         value = validate_value(value)
         if guard is not None:
@@ -260,10 +264,11 @@ class Config:
         ):
             raise TypeError(f"expected_version must be an int or None, not {type(expected_version).__name__}")
         if guard is not None:
-            expected = expected_version
             return await self._guarded(
                 guard,
-                lambda bs, contender: bs.guarded_compare_and_set(contender, self._key, value, expected),
+                lambda bs, contender: bs.guarded_compare_and_set(
+                    contender, self._key, value, expected_version
+                ),
                 "writing",
             )
         self._engine.check_open()

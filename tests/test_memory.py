@@ -604,3 +604,70 @@ async def test_a_join_the_backend_refuses_raises_and_leaves_the_coordinator_work
         held = await coord.lock("still-works").acquire(timeout=5)
         await held.release()
         assert coord.state is SessionState.CONNECTED
+
+
+class _CountingGuards(_MemorySession):
+    """Counts the guarded writes that reach the backend."""
+
+    async def guarded_set(self, contender: Any, key: str, value: bytes) -> int:
+        _guarded_calls.append(key)
+        return await super().guarded_set(contender, key, value)
+
+    async def guarded_compare_and_set(
+        self, contender: Any, key: str, value: bytes, expected: int | None
+    ) -> bool:
+        _guarded_calls.append(key)
+        return await super().guarded_compare_and_set(contender, key, value, expected)
+
+    async def guarded_delete(self, contender: Any, key: str) -> bool:
+        _guarded_calls.append(key)
+        return await super().guarded_delete(contender, key)
+
+
+_guarded_calls: list[str] = []
+
+
+class _CountingGuardsBackend(MemoryBackend):
+    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
+        await anyio.lowlevel.checkpoint()
+        session = _CountingGuards(self, ttl, monitor)
+        self.store.sessions[session.id] = session
+        return session
+
+
+class _NoGuards(MemoryBackend):
+    capabilities = MemoryBackend.capabilities - {coordination.Capability.GUARDED_WRITES}
+
+
+async def test_a_released_or_lost_guard_raises_before_any_io() -> None:
+    """NotHeld for a released guard, the loss error for one known lost (its deadline passed),
+    and Unsupported where the backend lacks GUARDED_WRITES: none reaches the backend."""
+    coordination.register("counting", _CountingGuardsBackend)
+    coordination.register("noguards", _NoGuards)
+    _guarded_calls.clear()
+    try:
+        async with coordination.connect(_url("counting"), ttl=0.5) as coord:
+            config = coord.config("c")
+            held = await coord.lock("l").acquire()
+            await config.set(b"v", guard=held)
+            assert _guarded_calls == ["c"]
+            await held.release()
+            for attempt in (config.set(b"x", guard=held), config.compare_and_set(b"x", None, guard=held)):
+                with pytest.raises(coordination.NotHeld):
+                    await attempt
+            with pytest.raises(coordination.NotHeld):
+                await config.delete(guard=held)
+            lost = await coord.lock("m").acquire()
+            time.sleep(0.6)  # noqa: ASYNC251 - the loop blocked past the local deadline
+            with pytest.raises(coordination.LockLost) as raised:
+                await config.set(b"x", guard=lost)
+            assert raised.value.__cause__ is None  # known lost here, not refused by the server
+            assert _guarded_calls == ["c"], "a guard known not to hold reached the backend"
+            assert (await config.get() or Versioned(b"", 0)).value == b"v"
+        async with coordination.connect(_url("noguards")) as coord:
+            held = await coord.lock("l").acquire()
+            with pytest.raises(coordination.Unsupported, match="cannot guard writes"):
+                await coord.config("c").set(b"x", guard=held)
+    finally:
+        coordination.unregister("counting")
+        coordination.unregister("noguards")

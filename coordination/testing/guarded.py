@@ -185,18 +185,22 @@ class GuardedWriteTests:
         async with harness.sessions(2) as (a, b):
             cfg = a.config("after-release")
             held = await _take(a, kind, "released")
+            v1 = await cfg.set(b"before", guard=held)
             await _end(held)
             for write in (
                 cfg.set(b"x", guard=held),
-                cfg.compare_and_set(b"x", None, guard=held),
+                cfg.compare_and_set(b"x", v1, guard=held),
                 cfg.delete(guard=held),
             ):
                 with pytest.raises(NotHeld):
                     await write
             again = await _take(a, kind, "released")
-            with pytest.raises(NotHeld):
-                await cfg.set(b"x", guard=held)
-            assert await cfg.get() is None, "a write guarded by a released holding was applied"
+            for write in (cfg.set(b"x", guard=held), cfg.delete(guard=held)):
+                with pytest.raises(NotHeld):
+                    await write
+            assert await cfg.get() == Versioned(b"before", v1), (
+                "a write guarded by a released holding was applied"
+            )
             version = await cfg.set(b"y", guard=again)
             assert await cfg.get() == Versioned(b"y", version)
             with pytest.raises(ValueError, match="another coordinator"):

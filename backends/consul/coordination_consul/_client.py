@@ -259,7 +259,7 @@ class ConsulClient:
             body = json.loads(response.body)
             results = [KVPair.from_json(r["KV"]) for r in body.get("Results") or () if r.get("KV")]
             errors = [str(e.get("What", "")) for e in body.get("Errors") or ()]
-            failed = frozenset(int(e.get("OpIndex") or 0) for e in body.get("Errors") or ())
+            failed = frozenset(int(e.get("OpIndex", -1)) for e in body.get("Errors") or ())
         return TxnOutcome(response.status == 200, results, errors, failed)
 
     # -- sessions --------------------------------------------------------------------------

@@ -332,8 +332,6 @@ class ConsulSession(BackendSession[_Contender]):
             refusal(outcome, f"to unregister the candidate at {key!r}")  # Unavailable unless gone
         contender.registration = None
 
-    # -- group members ---------------------------------------------------------------------
-
     # -- writes guarded by an owner ------------------------------------------------------
 
     async def guarded_set(self, contender: _Contender, key: str, value: bytes) -> int:
@@ -352,15 +350,33 @@ class ConsulSession(BackendSession[_Contender]):
         )
 
     async def _guarded(self, contender: _Contender, ops: list[dict[str, Any]], what: str) -> TxnOutcome:
-        """``ops`` in one transaction after a ``check-session`` of the contender's lock key:
-        NotHeld if this session no longer holds it (nothing applied)."""
-        check = {"KV": {"Verb": "check-session", "Key": contender.key, "Session": self.id}}
-        outcome = await self._http.txn([check, *ops], what)
-        if not outcome.ok and 0 in outcome.failed:
-            raise NotHeld(
-                f"{contender.key!r} is no longer held by session {self.id}: {'; '.join(outcome.errors)}"
-            )
+        """``ops`` in one transaction after checks that this session still holds the
+        contender's lock key (``check-session``) at the version the contender's own lock or
+        proclaim left it (``check-index``): NotHeld if not, and nothing applied.
+
+        The version check keeps out a write that came late: sent during a term of this
+        contender, it may reach the servers after the lock went elsewhere and back to this
+        session (a later term, of another contender: a new version of the key). Where the
+        version is unknown (a proclaim went unanswered), it is read first.
+        """
+        key = contender.key
+        index = contender.index if contender.index is not None else await self._held_version(key)
+        if index is None:
+            raise NotHeld(f"{key!r} is no longer held by session {self.id}")
+        checks: list[dict[str, Any]] = [
+            {"KV": {"Verb": "check-session", "Key": key, "Session": self.id}},
+            {"KV": {"Verb": "check-index", "Key": key, "Index": index}},
+        ]
+        outcome = await self._http.txn([*checks, *ops], what)
+        if not outcome.ok and outcome.failed & {0, 1}:
+            why = refusal(outcome, what)  # Unavailable if not a failed check
+            reasons = "; ".join(outcome.errors)
+            if why == "expired":
+                self._monitor.expired()
+            raise NotHeld(f"{key!r} is no longer held by session {self.id} at index {index}: {reasons}")
         return outcome
+
+    # -- group members ---------------------------------------------------------------------
 
     async def join(self, group: str, member_id: str, value: bytes) -> None:
         key = member_key(group, member_id, self.id)

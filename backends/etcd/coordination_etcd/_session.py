@@ -20,6 +20,7 @@ from coordination.exceptions import (
     CoordinationError,
     NotHeld,
     SessionExpired,
+    Unavailable,
 )
 
 from ._client import (
@@ -262,7 +263,7 @@ class EtcdSession(BackendSession[_Contender]):
 
     async def guarded_set(self, contender: _Contender, key: str, value: bytes) -> int:
         reply = await self._guarded(contender, [], put_op(key.encode(), value))
-        return reply.header.revision
+        return reply.header.revision  # succeeded: no compare but the guard's
 
     async def guarded_compare_and_set(
         self, contender: _Contender, key: str, value: bytes, expected: int | None
@@ -290,6 +291,8 @@ class EtcdSession(BackendSession[_Contender]):
             own = reply.responses[0].response_range.kvs
             if not own or own[0].create_revision != c.rev or own[0].lease != self.lease_id:
                 raise NotHeld(f"the key {c.key.decode()!r} of revision {c.rev} is gone from lease {self.id}")
+            if not compare:
+                raise Unavailable(f"etcd refused a guarded write although {c.key.decode()!r} holds")
         return reply
 
     # -- group members ---------------------------------------------------------------------

@@ -728,11 +728,11 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         check, *results = reply.responses
         if isinstance(check, NoNode):
             raise NotHeld(f"the node {guard!r} is gone")
-        for response in results:  # the check passed (rolled back with them)
+        if isinstance(check, BaseException) and not isinstance(check, exc.RolledBack):
+            raise_public(check)  # the check itself failed otherwise (the others say so too)
+        for response in results:  # the check passed, and was rolled back with these
             if isinstance(response, BaseException) and not isinstance(response, exc.RolledBack):
                 raise_public(response)
-        if isinstance(check, BaseException):
-            raise_public(check)
         return list(results)
 
     async def create(

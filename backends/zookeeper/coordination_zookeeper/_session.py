@@ -325,8 +325,6 @@ class ZooKeeperSession(BackendSession[Contender]):
         except NoNode:
             raise NotHeld(f"{contender.parent!r}: this candidate is no longer the leader") from None
 
-    # -- group members: kazoo's Party ----------------------------------------------------
-
     # -- writes guarded by an owner ------------------------------------------------------
 
     def _guard(self, contender: Contender) -> str:
@@ -344,6 +342,8 @@ class ZooKeeperSession(BackendSession[Contender]):
 
     async def guarded_delete(self, contender: Contender, key: str) -> bool:
         return await config.delete_value(self.client, key, self._guard(contender))
+
+    # -- group members: kazoo's Party ----------------------------------------------------
 
     async def join(self, group: str, member_id: str, value: bytes) -> None:
         path = f"/{group}/{member_id}{PARTY_MARK}"

@@ -103,6 +103,9 @@ class _Pair:
     takeovers: int = 0
     in_flight: int = 0
     """Rounds whose paused owner had a guarded write held in transit, delivered after the pause."""
+    late: int = 0
+    """Of those, the rounds where the other one took over: a stale write reached the server
+    after the takeover (its sender's body was cancelled before the answer came)."""
     seen: list[Versioned | None] = field(default_factory=list)
     """What a watch of the config value saw (every version where EVERY_VERSION is declared)."""
     stale_reads: list[str] = field(default_factory=list)
@@ -330,6 +333,7 @@ class GuardedWriteTests:
                 ("rounds", rounds * len(pairs)),
                 ("takeovers", takeovers),
                 ("in_transit_rounds", in_flight),
+                ("stale_writes_delivered_late", sum(pair.late for pair in pairs)),
                 ("stale_writes_attempted", tally.attempted),
                 ("stale_writes_refused_by_server", tally.refused_server),
                 ("stale_writes_refused_locally", tally.refused_local),
@@ -383,6 +387,7 @@ class GuardedWriteTests:
             since = time.monotonic()
             if any(e.kind == "held" and e.at > paused for e in other.events):
                 pair.takeovers += 1
+                pair.late += number % 2
             highest = max(
                 (e.token or 0 for h in holders for e in h.events if _accepted(e) and e.at < since), default=0
             )
@@ -392,9 +397,10 @@ class GuardedWriteTests:
 
     @staticmethod
     def _count(pair: _Pair, tally: _Tally) -> None:
-        """Stale writes of ``pair``: attempted (a verdict after a higher token held) and
-        applied (a lower token's version above a higher token's, by the server's versions
-        as the writers were told them and as a watch saw them)."""
+        """Stale writes of ``pair``: applied (a lower token's version above a higher token's,
+        by the server's versions as the writers were told them and as a watch saw them), and
+        attempted (those, and the writes refused or of unknown outcome after a higher token
+        held). A write accepted before the takeover whose answer came after is not stale."""
         held_at: dict[int, float] = {}
         for holder in pair.holders:
             for e in holder.events:
@@ -405,6 +411,9 @@ class GuardedWriteTests:
             for e in holder.events:
                 if e.kind != "write" or e.token is None:
                     continue
+                if e.detail.startswith("accepted"):
+                    writes.append((int(e.detail.split()[1]), e.token, holder.label))
+                    continue  # stale only if applied after a higher token's (below)
                 superseded = min((at for token, at in held_at.items() if token > e.token), default=math.inf)
                 if e.at > superseded:
                     tally.attempted += 1
@@ -412,16 +421,15 @@ class GuardedWriteTests:
                         tally.refused_server += 1
                     elif e.detail == "refused local":
                         tally.refused_local += 1
-                    elif not e.detail.startswith("accepted"):
+                    else:
                         tally.unknown += 1
-                if e.detail.startswith("accepted"):
-                    writes.append((int(e.detail.split()[1]), e.token, holder.label))
         for item in pair.seen:
             if item is not None:
                 writes.append((item.version, _token_of(item.value), "the watch"))
         highest, by = 0, ""
         for version, token, who in sorted(writes):
             if token < highest:
+                tally.attempted += 1
                 tally.applied.append(
                     f"{pair.name}: token {token} ({who}) at version {version} after token {highest} ({by})"
                 )

@@ -38,6 +38,7 @@ FIGURES = {
     "handover_seconds": "handover",
     "rounds": "rounds",
     "takeovers": "takeovers",
+    "stale_writes_delivered_late": "stale guarded writes delivered after the takeover",
     "stale_writes_attempted": "stale guarded writes attempted",
     "stale_writes_refused_by_server": "refused by the server",
     "stale_writes_refused_locally": "refused before any I/O",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from coordination.testing.servers import EtcdProcess, ServerProcess, ZooKeeperProcess
 
 from . import _harness as h
-from ._harness import BackendImpls, LockImpl, progress
+from ._harness import BackendImpls, LockImpl, WatchImpl, progress
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -156,30 +157,51 @@ def _record(
     samples.setdefault(name, []).extend(run.latencies)
 
 
+Measure = Callable[[str], Awaitable[h.Run]]
+"""One measurement of one implementation, on a key (or name) of its own."""
+
+
+async def _interleaved(
+    backend: str,
+    section: str,
+    cfg: Settings,
+    out: dict[str, Any],
+    samples: dict[str, list[float]],
+    measures: dict[str, Measure],
+    *,
+    rate: bool = True,
+) -> None:
+    """Run each of ``measures`` once per round, in an order rotated round by round, and record
+    every run under its name in ``out`` (whose entries are made already)."""
+    for r in range(cfg.repeat):
+        for name in rotated(list(measures), r):
+            try:
+                run = await measures[name](f"{section}-{r}-{uuid.uuid4().hex[:6]}")
+            except Exception as exc:
+                run = h.Run(error=f"{type(exc).__name__}: {exc}")
+            _record(out, name, out[name]["kind"], run, samples)
+            s = run.summary()
+            progress(
+                f"{backend} {section} [{r + 1}/{cfg.repeat}] {name}: "
+                + (f"{s['ops_per_s']:.0f}/s " if rate else "")
+                + f"p50 {s['p50_ms']} ms p99 {s['p99_ms']} ms"
+                + (f" ERROR {run.error}" if run.error else "")
+            )
+
+
 async def section_uncontended(
     impls: BackendImpls, cfg: Settings, out: dict[str, Any], samples: dict[str, list[float]]
 ) -> None:
-    runnable = [impl for impl in impls.locks if impl.unavailable is None]
     writer = LockImpl(f"one raw write ({impls.write_name})", "floor")
     for impl in [*impls.locks, writer]:
         out[impl.name] = _entry(impl.kind, impl.unavailable)
-    for r in range(cfg.repeat):
-        for impl in rotated([*runnable, writer], r):
-            name = f"u{r}-{uuid.uuid4().hex[:6]}"
-            try:
-                if impl is writer:
-                    run = await h.raw_writes(impls.write, name, cfg.seconds)
-                else:
-                    run = await h.uncontended(impl, name, 30.0, cfg.seconds)
-            except Exception as exc:
-                run = h.Run(error=f"{type(exc).__name__}: {exc}")
-            _record(out, impl.name, impl.kind, run, samples)
-            s = run.summary()
-            progress(
-                f"{impls.backend} uncontended [{r + 1}/{cfg.repeat}] {impl.name}: "
-                f"{s['ops_per_s']:.0f}/s p50 {s['p50_ms']} ms p99 {s['p99_ms']} ms"
-                + (f" ERROR {run.error}" if run.error else "")
-            )
+    measures: dict[str, Measure] = {
+        impl.name: functools.partial(h.uncontended, impl, ttl=30.0, seconds=cfg.seconds)
+        for impl in impls.locks
+        if impl.unavailable is None
+    }
+    measures[writer.name] = functools.partial(h.raw_writes, impls.write, seconds=cfg.seconds)
+    await _interleaved(impls.backend, "uncontended", cfg, out, samples, measures)
 
 
 async def section_handover(
@@ -215,23 +237,18 @@ async def section_handover(
 async def section_watch(
     impls: BackendImpls, cfg: Settings, out: dict[str, Any], samples: dict[str, list[float]]
 ) -> None:
-    runnable = [impl for impl in impls.watches if impl.unavailable is None]
     for impl in impls.watches:
         out[impl.name] = _entry(impl.kind, impl.unavailable)
-    for r in range(cfg.repeat):
-        for impl in rotated(runnable, r):
-            key = f"watch-{r}-{uuid.uuid4().hex[:6]}"
-            try:
-                with anyio.fail_after(120):
-                    run = await h.watch_latency(impl, key, cfg.watch_samples)
-            except Exception as exc:
-                run = h.Run(error=f"{type(exc).__name__}: {exc}")
-            _record(out, impl.name, impl.kind, run, samples)
-            s = run.summary()
-            progress(
-                f"{impls.backend} watch [{r + 1}/{cfg.repeat}] {impl.name}: "
-                f"p50 {s['p50_ms']} ms p99 {s['p99_ms']} ms" + (f" ERROR {run.error}" if run.error else "")
-            )
+
+    def measure(impl: WatchImpl) -> Measure:
+        async def run(key: str) -> h.Run:
+            with anyio.fail_after(120):
+                return await h.watch_latency(impl, key, cfg.watch_samples)
+
+        return run
+
+    measures = {impl.name: measure(impl) for impl in impls.watches if impl.unavailable is None}
+    await _interleaved(impls.backend, "watch", cfg, out, samples, measures, rate=False)
 
 
 async def section_writes(
@@ -243,19 +260,10 @@ async def section_writes(
     writes = {**sdk_writes(url), f"one raw write ({impls.write_name})": impls.write}
     for name in writes:
         out[name] = _entry("floor" if name.startswith("one raw write") else "sdk", None)
-    for r in range(cfg.repeat):
-        for name in rotated(list(writes), r):
-            try:
-                run = await h.raw_writes(writes[name], f"w{r}-{uuid.uuid4().hex[:6]}", cfg.seconds)
-            except Exception as exc:
-                run = h.Run(error=f"{type(exc).__name__}: {exc}")
-            _record(out, name, out[name]["kind"], run, samples)
-            s = run.summary()
-            progress(
-                f"{impls.backend} writes [{r + 1}/{cfg.repeat}] {name}: "
-                f"{s['ops_per_s']:.0f}/s p50 {s['p50_ms']} ms p99 {s['p99_ms']} ms"
-                + (f" ERROR {run.error}" if run.error else "")
-            )
+    measures: dict[str, Measure] = {
+        name: functools.partial(h.raw_writes, write, seconds=cfg.seconds) for name, write in writes.items()
+    }
+    await _interleaved(impls.backend, "writes", cfg, out, samples, measures)
 
 
 async def failover_trial(

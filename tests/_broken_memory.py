@@ -24,10 +24,10 @@ from coordination.abc import Kind, Queued, ResumePoint
 from coordination.memory import MemoryBackend, MemoryStore, _Contender, _MemorySession
 from coordination.testing import CoordinationFixtures, Harness
 
-__all__ = ["VARIANTS", "BrokenMemoryFixtures", "register"]
+__all__ = ["VARIANTS", "BrokenMemoryFixtures", "Variant", "register"]
 
 
-class _Variant(MemoryBackend):
+class Variant(MemoryBackend):
     """A memory backend whose sessions are ``session_class``."""
 
     session_class: ClassVar[type[_MemorySession]] = _MemorySession
@@ -56,7 +56,7 @@ class _PollingSession(_MemorySession):
             self.backend.wakeups += 1  # it woke up to look again
 
 
-class PollingBackend(_Variant):
+class PollingBackend(Variant):
     """Waiters look again every ``poll_interval`` seconds instead of being woken."""
 
     poll_interval: ClassVar[float]
@@ -97,7 +97,7 @@ class _HerdSession(_MemorySession):
             # else the head's TTL was due: the next _check reaps it if it was not renewed
 
 
-class HerdBackend(_Variant):
+class HerdBackend(Variant):
     """Every waiter watches the owner, not the contender just ahead: a release wakes all."""
 
     scheme = "memory-herd"
@@ -114,7 +114,7 @@ class _ConstantTokenSession(_MemorySession):
         return Queued(contender, None if token is None else contender.revision)
 
 
-class ConstantTokenBackend(_Variant):
+class ConstantTokenBackend(Variant):
     """Every holding's token is 1: tokens repeat."""
 
     scheme = "memory-token-constant"
@@ -128,7 +128,7 @@ class _SessionTokenSession(_MemorySession):
         return Queued(contender, None if token is None else contender.revision)
 
 
-class SessionTokenBackend(_Variant):
+class SessionTokenBackend(Variant):
     """A holding's token is its session's number (as if the lease id were the token): it
     repeats when a session takes the lock again and goes down when an older session follows a
     newer one, though it increases whenever sessions take turns in the order they were opened."""
@@ -148,7 +148,7 @@ class _NoWithdrawSession(_MemorySession):
         # a waiter's withdraw (cancelled, timed out, a try_acquire that lost) does nothing
 
 
-class NoWithdrawBackend(_Variant):
+class NoWithdrawBackend(Variant):
     """Withdrawing a waiter does nothing: cancelled and timed-out acquires stay queued (only
     the owner's withdraw, a release, removes it)."""
 
@@ -189,7 +189,7 @@ async def _cancel_when_gone(contender: _Contender, scope: anyio.CancelScope) -> 
     scope.cancel()
 
 
-class SecondInBackend(_Variant):
+class SecondInBackend(Variant):
     """The contender just behind the owner is told it owns too: two holders at once."""
 
     scheme = "memory-second-in"
@@ -199,7 +199,7 @@ class SecondInBackend(_Variant):
 # -- a watch that goes back to an older version ------------------------------------------------
 
 
-class OutOfOrderWatchBackend(_Variant):
+class OutOfOrderWatchBackend(Variant):
     """After each change, the watch yields the new value and then the one before it again (a
     late event replayed after a newer one): versions go backwards."""
 
@@ -243,7 +243,7 @@ class _DeafSession(_MemorySession):
                 self.backend.wakeups += 1
 
 
-class SilentLossBackend(_Variant):
+class SilentLossBackend(Variant):
     """When the server ends a session from outside, its locks go to others, but the client is
     never told: no expiry notice, and keepalives of the ended session are still answered. The
     holder's body runs on while another session holds the lock."""
@@ -261,7 +261,7 @@ class SilentLossBackend(_Variant):
 # -- candidates listed once and never forgotten ------------------------------------------------
 
 
-class StaleCandidatesBackend(_Variant):
+class StaleCandidatesBackend(Variant):
     """``candidates()`` lists every candidate that ever joined, as it joined: one that left
     stays listed, and a proclaim does not show (a listing kept beside the queue)."""
 
@@ -301,7 +301,7 @@ def _kept(store: MemoryStore) -> dict[str, dict[str, bytes]]:
     return kept
 
 
-class UnboundMembersBackend(_Variant):
+class UnboundMembersBackend(Variant):
     """Members are kept apart from their session: leave() removes one, but a session that
     ends (closed, expired) leaves its members behind."""
 
@@ -330,7 +330,7 @@ class UnboundMembersBackend(_Variant):
 # -- a group watch that polls, or watches every member ----------------------------------------
 
 
-class GroupPollBackend(_Variant):
+class GroupPollBackend(Variant):
     """The group watch reads the members again every 50 ms: no watch on the server."""
 
     scheme = "memory-group-poll"
@@ -341,7 +341,7 @@ class GroupPollBackend(_Variant):
             await anyio.sleep(0.05)
 
 
-class GroupWatchEachBackend(_Variant):
+class GroupWatchEachBackend(Variant):
     """The group watch holds one watch per member (and one for the group)."""
 
     scheme = "memory-group-watch-each"
@@ -372,7 +372,7 @@ class _UnguardedSession(_MemorySession):
         self._check()
 
 
-class UnguardedBackend(_Variant):
+class UnguardedBackend(Variant):
     """Guarded writes are applied whoever owns the name now."""
 
     scheme = "memory-unguarded"

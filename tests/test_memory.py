@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _broken_memory import Variant
 
 import coordination
 from coordination import HeldLock, SessionState, Versioned
@@ -627,12 +628,8 @@ class _CountingGuards(_MemorySession):
 _guarded_calls: list[str] = []
 
 
-class _CountingGuardsBackend(MemoryBackend):
-    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
-        await anyio.lowlevel.checkpoint()
-        session = _CountingGuards(self, ttl, monitor)
-        self.store.sessions[session.id] = session
-        return session
+class _CountingGuardsBackend(Variant):
+    session_class = _CountingGuards
 
 
 class _NoGuards(MemoryBackend):

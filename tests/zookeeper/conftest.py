@@ -111,16 +111,11 @@ class ZooKeeperFixtures(CoordinationFixtures):
         parent = f"/{parse_url(harness.url).namespace}/{name}"
 
         def delete() -> bool:
-            client = KazooClient(hosts=server.address, timeout=5.0)
-            client.start(timeout=harness.t(15))
-            try:
+            with started_kazoo(server, harness.t(15)) as client:
                 nodes = queue_order(client.get_children(parent))
                 if nodes:
                     client.delete(f"{parent}/{nodes[0]}")
                 return bool(nodes)
-            finally:
-                client.stop()
-                client.close()
 
         return await anyio.to_thread.run_sync(delete)
 
@@ -162,8 +157,15 @@ def options(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def kazoo(zookeeper_server: ZooKeeperProcess, scaled: Callable[[float], float]) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zookeeper_server.address, timeout=5.0)
-    client.start(timeout=scaled(15))
+    with started_kazoo(zookeeper_server, scaled(15)) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def started_kazoo(server: ZooKeeperProcess, start_timeout: float) -> Iterator[KazooClient]:
+    """A kazoo client of ``server``, started (within ``start_timeout``), stopped at the end."""
+    client = KazooClient(hosts=server.address, timeout=5.0)
+    client.start(timeout=start_timeout)
     try:
         yield client
     finally:

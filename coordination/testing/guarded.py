@@ -68,6 +68,10 @@ def _token_of(value: bytes) -> int:
     return int(value.split()[1])
 
 
+def _accepted(event: HolderEvent) -> bool:
+    return event.kind == "write" and event.detail.startswith("accepted")
+
+
 @asynccontextmanager
 async def _other_owner(harness: Harness, kind: Kind, name: str, config: str) -> AsyncIterator[int]:
     """Another owner of ``name`` that writes ``config`` guarded: a holder process where the
@@ -78,7 +82,7 @@ async def _other_owner(harness: Harness, kind: Kind, name: str, config: str) -> 
             arguments += ["--election", "b"]
         async with harness.holder(name, *arguments, label="the new owner") as holder:
             written = await holder.first(
-                lambda e: e.kind == "write" and e.detail.startswith("accepted"),
+                _accepted,
                 harness.t(20),
                 "a guarded write accepted",
             )
@@ -95,7 +99,6 @@ async def _other_owner(harness: Harness, kind: Kind, name: str, config: str) -> 
 class _Pair:
     """Two holder processes on one name, each through its own fault proxy."""
 
-    kind: Kind
     name: str
     config: str
     holders: list[HolderProcess]
@@ -135,10 +138,6 @@ async def _first_of(
         for index in range(len(holders)):
             tg.start_soon(look, index)
     return found[0]
-
-
-def _accepted(event: HolderEvent) -> bool:
-    return event.kind == "write" and event.detail.startswith("accepted")
 
 
 class GuardedWriteTests:
@@ -308,7 +307,7 @@ class GuardedWriteTests:
                     )
                     holders.append(holder)
                     proxies.append(proxy)
-                pair = _Pair(kind, name, config, holders, proxies)
+                pair = _Pair(name, config, holders, proxies)
                 pairs.append(pair)
 
                 async def watch(pair: _Pair = pair) -> None:

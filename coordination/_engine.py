@@ -31,6 +31,7 @@ from .exceptions import (
     LockLost,
     NotHeld,
     OperationTimeout,
+    PermissionDenied,
     SessionExpired,
     Unavailable,
 )
@@ -393,6 +394,7 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._supervisor: anyio.CancelScope | None = None
         self._closing = False
+        self._refused: PermissionDenied | None = None  # why no new session could be opened
 
     @property
     def backend(self) -> Backend:
@@ -629,6 +631,15 @@ class Engine:
         while True:
             try:
                 session = await self._open_session()
+            except PermissionDenied as exc:
+                # The credentials were revoked or an ACL changed: retried (an operator may
+                # mend it), but loudly, and the operations waiting for a session say why.
+                failures += 1
+                if self._refused is None or failures == 1:
+                    log.error("opening a new session was refused, retrying: %s", exc)
+                self._refused = exc
+                await backoff.wait()
+                continue
             except (*_TRANSIENT, SessionExpired) as exc:
                 failures += 1
                 # Logged once per outage (then at debug level), not at every attempt.
@@ -641,6 +652,7 @@ class Engine:
                 continue
             if failures:
                 log.info("opened session %s after %d failed attempts", session.bs.id, failures)
+            self._refused = None
             return session
 
     async def _close_session(self, session: Session, retry_for: float = 0.0) -> None:
@@ -690,9 +702,13 @@ class Engine:
     # -- operations ------------------------------------------------------------------------
 
     async def call(self, awaitable: Awaitable[T], what: str) -> T:
-        """Await one backend request, bounded by the operation timeout."""
+        """Await one backend request, bounded by the operation timeout. A refusal names the
+        operation refused (the backend's message names the credential, key or path)."""
         with anyio.move_on_after(self._timeout):
-            return await awaitable
+            try:
+                return await awaitable
+            except PermissionDenied as exc:
+                raise PermissionDenied(f"{what} was refused: {exc}") from exc
         raise OperationTimeout(f"{what} took longer than the {self._timeout:g}s operation timeout")
 
     def check_open(self) -> None:
@@ -710,6 +726,8 @@ class Engine:
             await self._ready.wait()
             assert self._session is not None
             return self._session
+        if self._refused is not None:
+            raise PermissionDenied(f"no session could be opened: {self._refused}") from self._refused
         raise Unavailable(f"no session could be opened within {self._timeout:g}s")
 
     async def acquire(

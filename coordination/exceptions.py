@@ -9,6 +9,7 @@ or ``except TimeoutError`` clauses keep working::
      +-- InvalidURL             (also ValueError)   malformed URL, unknown or ill-typed option
      +-- InvalidName            (also ValueError)   bad lock / election / config name
      +-- Unavailable                                the backend cannot be reached
+     +-- PermissionDenied       (also PermissionError) credentials refused, or an ACL forbids it
      +-- OperationTimeout       (also TimeoutError) one backend request took too long
      +-- AcquireTimeout         (also TimeoutError) acquire(timeout=...) ran out
      +-- SessionExpired                             the session ended on the server
@@ -33,6 +34,7 @@ __all__ = [
     "LockLost",
     "NotHeld",
     "OperationTimeout",
+    "PermissionDenied",
     "SessionExpired",
     "Unavailable",
     "Unsupported",
@@ -57,6 +59,15 @@ class InvalidName(CoordinationError, ValueError):
 
 class Unavailable(CoordinationError):
     """The backend could not be reached or refused the request."""
+
+
+class PermissionDenied(CoordinationError, PermissionError):
+    """The server refused the credentials, or an ACL forbids the operation.
+
+    Never retried as if it were transient: the same request with the same credentials is
+    refused again. The message names the credential (a user name, a token's accessor, a
+    certificate) or the key or path that was refused, never a secret.
+    """
 
 
 class OperationTimeout(CoordinationError, TimeoutError):

@@ -7,17 +7,16 @@ with auth tokens that expire after a second so that renewing them is exercised.
 from __future__ import annotations
 
 import ssl
-import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import pytest
+from _certs import make_certificates
 
 import coordination
-from coordination import SessionState, Unavailable, Versioned
+from coordination import PermissionDenied, SessionState, Unavailable, Versioned
 from coordination.testing.servers import EtcdProcess
 from coordination_etcd._client import EtcdClient
 
@@ -26,30 +25,7 @@ from .conftest import VERSIONS
 asyncio = pytest.mark.asyncio
 
 PASSWORD = "root-secret"
-
-
-def make_certificates(folder: Path) -> dict[str, str]:
-    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca")
-    for name, usage, san in [
-        ("server", "serverAuth", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
-        ("client", "clientAuth", ""),
-    ]:
-        (folder / f"{name}.ext").write_text(f"{san}extendedKeyUsage={usage}\n")
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}-cert")
-        openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-        )  # fmt: skip
-    return {
-        name: str(folder / name)
-        for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
-    }
+LIMITED_PASSWORD = "limited-secret"
 
 
 class SecureEtcd(EtcdProcess):
@@ -97,11 +73,16 @@ def secure_etcd(
     files = make_certificates(tmp_path_factory.mktemp("certs"))
     with SecureEtcd(request.param, files, start_timeout=session_scaled(60)) as server:
         server.etcdctl("user", "add", f"root:{PASSWORD}")
+        # A least-privilege user: read and write under the namespace "allowed" only.
+        server.etcdctl("role", "add", "allowed-rw")
+        server.etcdctl("role", "grant-permission", "allowed-rw", "--prefix=true", "readwrite", "allowed/")
+        server.etcdctl("user", "add", f"limited:{LIMITED_PASSWORD}")
+        server.etcdctl("user", "grant-role", "limited", "allowed-rw")
         server.etcdctl("auth", "enable")
         yield server
 
 
-def secure_url(server: SecureEtcd, **query: str) -> str:
+def secure_url(server: SecureEtcd, namespace: str = "secure", **query: str) -> str:
     files = server.files
     options = {
         "ca_file": files["ca.pem"],
@@ -109,7 +90,9 @@ def secure_url(server: SecureEtcd, **query: str) -> str:
         "key_file": files["client.key"],
         **query,
     }
-    return f"etcd://localhost:{server.port}/secure?" + "&".join(f"{k}={v}" for k, v in options.items() if v)
+    return f"etcd://localhost:{server.port}/{namespace}?" + "&".join(
+        f"{k}={v}" for k, v in options.items() if v
+    )
 
 
 @asyncio
@@ -172,8 +155,43 @@ async def _open(url: str) -> None:
 
 @asyncio
 async def test_wrong_password_is_refused(secure_etcd: SecureEtcd) -> None:
-    with pytest.raises(Unavailable, match="authentication failed"):
-        await _open(secure_url(secure_etcd, user="root", password="wrong"))
+    with pytest.raises(PermissionDenied, match="authentication failed.*user 'root'") as caught:
+        async with coordination.connect(
+            secure_url(secure_etcd, user="root", password="wrong"), ttl=3, timeout=5
+        ):
+            pass
+    assert isinstance(caught.value, PermissionError)
+    assert "wrong" not in str(caught.value)
+
+
+@asyncio
+async def test_a_role_limited_to_its_namespace(secure_etcd: SecureEtcd) -> None:
+    """A user whose role covers ``allowed/`` only: everything works there; elsewhere the first
+    operation is refused with PermissionDenied naming the user, at once, not retried."""
+    allowed = secure_url(secure_etcd, "allowed", user="limited", password=LIMITED_PASSWORD)
+    async with coordination.connect(allowed, ttl=3, timeout=5) as coord:
+        async with coord.lock("job") as held:
+            assert await coord.config("c").set(b"v", guard=held) > 0
+        async with coord.election("e").campaign(b"me"):
+            assert (await coord.election("e").leader()) is not None
+        config = coord.config("c")
+        async for item in config.watch():
+            assert item is not None and item.value == b"v"
+            break
+    forbidden = secure_url(secure_etcd, "forbidden", user="limited", password=LIMITED_PASSWORD)
+    async with coordination.connect(forbidden, ttl=3, timeout=5) as coord:
+        started = anyio.current_time()
+        with pytest.raises(PermissionDenied, match="user 'limited'") as caught:
+            await coord.lock("job").acquire(timeout=10)
+        assert anyio.current_time() - started < 5  # not retried until a timeout
+        assert LIMITED_PASSWORD not in str(caught.value)
+        with pytest.raises(PermissionDenied, match="permission denied"):
+            await coord.config("c").set(b"v")
+        with pytest.raises(PermissionDenied):
+            await coord.config("c").get()
+        with pytest.raises(PermissionDenied):
+            async for _ in coord.config("c").watch():
+                pass
 
 
 @asyncio

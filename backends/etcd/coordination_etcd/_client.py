@@ -23,7 +23,13 @@ import grpc  # type: ignore[import-untyped]
 from aetcd import rpc  # type: ignore[import-untyped]
 
 from coordination.abc import map_errors
-from coordination.exceptions import CoordinationError, OperationTimeout, SessionExpired, Unavailable
+from coordination.exceptions import (
+    CoordinationError,
+    OperationTimeout,
+    PermissionDenied,
+    SessionExpired,
+    Unavailable,
+)
 
 __all__ = [
     "PUT",
@@ -121,10 +127,18 @@ class Compacted(Exception):
         self.compact_revision = compact_revision
 
 
-def _public_error(exc: Any, what: str) -> CoordinationError:
+def _public_error(exc: Any, what: str, user: str | None) -> CoordinationError:
     code = exc.code()
     details = exc.details() or getattr(code, "name", str(code))
     message = f"etcd {what}: {details}"
+    # etcd answers a wrong password with INVALID_ARGUMENT "authentication failed", a missing
+    # or stale token with UNAUTHENTICATED, and a role without the key with PERMISSION_DENIED.
+    if (
+        code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+        or "authentication failed" in details
+    ):
+        who = f"user {user!r}" if user is not None else "no user (the 'user' option is not set)"
+        return PermissionDenied(f"{message} (as {who})")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return OperationTimeout(message)
     if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
@@ -133,8 +147,9 @@ def _public_error(exc: Any, what: str) -> CoordinationError:
 
 
 @contextlib.contextmanager
-def rpc_errors(what: str) -> Iterator[None]:
-    """Raise gRPC and socket errors as coordination errors (mostly :class:`Unavailable`)."""
+def rpc_errors(what: str, user: str | None = None) -> Iterator[None]:
+    """Raise gRPC and socket errors as coordination errors (mostly :class:`Unavailable`);
+    a refusal names the ``user`` the request was sent as."""
     with map_errors(
         {
             grpc.RpcError: Unavailable,
@@ -146,7 +161,7 @@ def rpc_errors(what: str) -> Iterator[None]:
         try:
             yield
         except grpc.aio.AioRpcError as exc:
-            raise _public_error(exc, what) from exc
+            raise _public_error(exc, what, user) from exc
 
 
 async def grpc_await(awaitable: Awaitable[T]) -> T:
@@ -325,7 +340,7 @@ class KeepAliveStream:
 
     async def _renew(self, lease_id: int) -> Any:
         """The reply to one renewal, or None when etcd refused the stream's token."""
-        with self._calls.track("keepalive"), rpc_errors("keepalive"):
+        with self._calls.track("keepalive"), rpc_errors("keepalive", self._client.user):
             try:
                 await grpc_await(self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id)))
                 reply = await grpc_await(self._call.read())
@@ -420,11 +435,16 @@ class EtcdClient:
         """Whether requests carry a user's auth token."""
         return self._user is not None
 
+    @property
+    def user(self) -> str | None:
+        """The user requests are sent as (a name, never the password)."""
+        return self._user
+
     async def authenticate(self) -> None:
         """Get an auth token for the user (nothing to do without one)."""
         if self._user is None:
             return
-        with self._calls.track("authentication"), rpc_errors("authentication"):
+        with self._calls.track("authentication"), rpc_errors("authentication", self._user):
             request = rpc.AuthenticateRequest(name=self._user, password=self._password or "")
             reply = await grpc_await(self._auth.Authenticate(request, timeout=self.timeout))
         self._metadata = (("token", str(reply.token)),)
@@ -436,7 +456,7 @@ class EtcdClient:
         with its channel (see :class:`_Calls`), a write is not."""
         kw = {"timeout": self.timeout, "wait_for_ready": wait_for_ready}
         tracked = contextlib.nullcontext() if write else self._calls.track(what)
-        with tracked, rpc_errors(what):
+        with tracked, rpc_errors(what, self._user):
             try:
                 return await grpc_await(method(request, metadata=self._metadata, **kw))
             except grpc.aio.AioRpcError as exc:
@@ -515,7 +535,11 @@ class EtcdClient:
             create.range_end = prefix_end(key)
         call, calls = self._watch.Watch(metadata=self._metadata), self._calls
         try:
-            with anyio.move_on_after(self.timeout) as scope, calls.track("watch"), rpc_errors("watch"):
+            with (
+                anyio.move_on_after(self.timeout) as scope,
+                calls.track("watch"),
+                rpc_errors("watch", self._user),
+            ):
                 await grpc_await(call.write(rpc.WatchRequest(create_request=create)))
                 reply = await grpc_await(call.read())
             if scope.cancelled_caught:
@@ -526,6 +550,10 @@ class EtcdClient:
                 raise Compacted(reply.compact_revision)
             if reply.canceled or not reply.created:
                 reason = reply.cancel_reason or "no reason given"
+                if "permission denied" in reason:
+                    raise PermissionDenied(
+                        f"etcd refused the watch of {key!r}: {reason} (as user {self._user!r})"
+                    )
                 if self._user is not None and "auth" in reason:
                     await self.authenticate()  # the next attempt carries a fresh token
                 raise Unavailable(f"etcd refused the watch: {reason}")

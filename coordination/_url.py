@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,13 +15,17 @@ from ._names import validate_identity, validate_name
 from .exceptions import InvalidName, InvalidURL
 
 __all__ = [
+    "AUTH_OPTIONS",
     "COMMON_OPTIONS",
     "TLS_OPTIONS",
+    "credentials",
     "Option",
     "ParsedURL",
     "default_identity",
     "parse_url",
     "resolve_options",
+    "ssl_context",
+    "tls_enabled",
 ]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -68,6 +73,59 @@ TLS_OPTIONS: Mapping[str, Option] = {
     "tls_verify": Option(bool, True, "Verify the server's certificate and host name."),
 }
 """The TLS options, one set of names for every backend; each backend takes those it supports."""
+
+AUTH_OPTIONS: Mapping[str, Option] = {
+    "user": Option(str, None, "User name to authenticate as (also the URL's user part)."),
+    "password": Option(str, None, "Password of ``user`` (also the URL's password part).", secret=True),
+}
+"""User and password, for the backends that authenticate users (see :func:`credentials`)."""
+
+
+def credentials(url: ParsedURL, settings: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The user and password from the ``user``/``password`` options, else the URL's user
+    part; InvalidURL for a password without a user."""
+    user, password = settings["user"], settings["password"]
+    if user is None:
+        user = url.username
+        if password is None:
+            password = url.password
+    if password is not None and user is None:
+        raise InvalidURL("a password needs a user: give the 'user' option, or user:password@ in the URL")
+    return user, password
+
+
+def tls_enabled(settings: Mapping[str, Any]) -> bool:
+    """Whether the TLS options turn TLS on: ``tls``, or a ``ca_file`` or ``cert_file``."""
+    return bool(settings.get("tls") or settings.get("ca_file") or settings.get("cert_file"))
+
+
+def ssl_context(settings: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """The client's TLS context from the :data:`TLS_OPTIONS` a backend takes (None: no TLS).
+
+    It verifies the server's certificate against ``ca_file`` (else the system's CAs) and its
+    host name, unless ``tls_verify`` is false, and presents ``cert_file``/``key_file``.
+    InvalidURL names the option whose file cannot be used.
+    """
+    if not tls_enabled(settings):
+        return None
+    cert_file, key_file = settings.get("cert_file"), settings.get("key_file")
+    if key_file and not cert_file:
+        raise InvalidURL("option 'key_file' needs 'cert_file' too")
+    try:
+        context = ssl.create_default_context(cafile=settings.get("ca_file"))
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidURL(f"option 'ca_file': cannot load {settings.get('ca_file')!r}: {exc}") from exc
+    if cert_file:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidURL(
+                f"options 'cert_file', 'key_file': cannot load the client certificate: {exc}"
+            ) from exc
+    if not settings.get("tls_verify", True):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _identity_problem(value: str) -> str | None:
@@ -131,7 +189,9 @@ def parse_url(url: str) -> ParsedURL:
         try:
             pairs = parse_qsl(query_string, keep_blank_values=True, strict_parsing=True)
         except ValueError:
-            raise InvalidURL(f"URL query {query_string!r} is malformed; expected name=value&...") from None
+            raise InvalidURL(
+                f"URL query {_redact_query(query_string)!r} is malformed; expected name=value&..."
+            ) from None
         for key, value in pairs:
             if key in query:
                 raise InvalidURL(f"URL option {key!r} is given twice")
@@ -159,13 +219,20 @@ def _parse_host(text: str, url: str) -> tuple[str, int | None]:
 
 
 def _redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for error messages."""
+    """``url`` with any password and every option's value replaced by ``***``, for error
+    messages (an option may be a secret: a password or a token)."""
     scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    rest, question, query = rest.partition("?")
     authority, slash, tail = rest.partition("/")
     if "@" in authority:
         userinfo, _, hosts = authority.rpartition("@")
         authority = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    return f"{scheme}{sep}{authority}{slash}{tail}"
+    return f"{scheme}{sep}{authority}{slash}{tail}{question}{_redact_query(query)}"
+
+
+def _redact_query(query: str) -> str:
+    """``name=value&...`` with every value replaced by ``***``."""
+    return "&".join(f"{part.partition('=')[0]}=***" if "=" in part else part for part in query.split("&"))
 
 
 def resolve_options(

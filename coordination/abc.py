@@ -41,11 +41,22 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._types import Leader, Member, Versioned
-from ._url import COMMON_OPTIONS, TLS_OPTIONS, Option, ParsedURL, parse_url
+from ._url import (
+    AUTH_OPTIONS,
+    COMMON_OPTIONS,
+    TLS_OPTIONS,
+    Option,
+    ParsedURL,
+    credentials,
+    parse_url,
+    ssl_context,
+    tls_enabled,
+)
 from .capabilities import Capability
 from .exceptions import CoordinationError, Unsupported
 
 __all__ = [
+    "AUTH_OPTIONS",
     "COMMON_OPTIONS",
     "HISTORY_RESET",
     "TLS_OPTIONS",
@@ -59,9 +70,12 @@ __all__ = [
     "Queued",
     "ResumePoint",
     "SessionMonitor",
+    "credentials",
     "map_errors",
     "mapped_error",
     "parse_url",
+    "ssl_context",
+    "tls_enabled",
 ]
 
 Kind = Literal["lock", "election"]

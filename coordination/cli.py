@@ -243,6 +243,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="coordination",
         description="Leader election, locks and config watch on ZooKeeper, etcd, Consul or in memory.",
     )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="what the library logs to stderr (default warning); secrets are never logged",
+    )
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="watch services elect a leader, lose it, and fail over")
@@ -357,7 +364,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coordination`` console script; returns the exit status."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="coordination: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="coordination: %(message)s")
     try:
         return anyio.run(_main, args)
     except BaseException as raw:

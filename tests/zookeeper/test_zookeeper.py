@@ -615,7 +615,13 @@ async def test_zk_scheme_and_default_port(zookeeper_server: ZooKeeperProcess) ->
 
 
 @pytest.mark.parametrize(
-    "url", ["zookeeper://user:secret@127.0.0.1:2181", "zookeeper:///ns", "zookeeper://h?session_timeout=0"]
+    "url",
+    [
+        "zookeeper://:secret@127.0.0.1:2181",
+        "zookeeper://u:secret@h?acl=bogus",
+        "zookeeper:///ns",
+        "zookeeper://h?session_timeout=0",
+    ],
 )
 def test_bad_urls(url: str) -> None:
     with pytest.raises(InvalidURL) as info:

@@ -23,6 +23,8 @@ from coordination.abc import (
     ParsedURL,
     ResumePoint,
     SessionMonitor,
+    credentials,
+    tls_enabled,
 )
 from coordination.exceptions import (
     InvalidName,
@@ -142,17 +144,13 @@ class EtcdBackend(Backend):
         settings = self.settings
         if bool(settings["cert_file"]) != bool(settings["key_file"]):
             raise InvalidURL("options 'cert_file' and 'key_file' go together: give both or neither")
-        user, password = settings["user"], settings["password"]
-        if user is None and url.username is not None:
-            user, password = url.username, password if password is not None else url.password
+        user, password = credentials(url, settings)
         if user is None and os.environ.get("ETCDCTL_USER"):
             user, _, env_password = os.environ["ETCDCTL_USER"].partition(":")
             password = password or env_password or os.environ.get("ETCDCTL_PASSWORD")
-        if password is not None and user is None:
-            raise InvalidURL("option 'password' needs a user")
         self._user: str | None = user
         self._password: str | None = password
-        self._tls = bool(settings["tls"] or settings["ca_file"] or settings["cert_file"])
+        self._tls = tls_enabled(settings)
         self._timeout = float(settings["timeout"])
         self._client: EtcdClient | None = None
         self._targets: list[str] = []

@@ -9,18 +9,32 @@ import anyio
 from anyio.abc import TaskGroup
 
 from coordination import Capability, Leader, Member, Versioned
-from coordination.abc import COMMON_OPTIONS, Backend, Option, ParsedURL, ResumePoint, SessionMonitor
+from coordination.abc import (
+    AUTH_OPTIONS,
+    COMMON_OPTIONS,
+    TLS_OPTIONS,
+    Backend,
+    Option,
+    ParsedURL,
+    ResumePoint,
+    SessionMonitor,
+    credentials,
+    ssl_context,
+)
 from coordination.exceptions import InvalidURL, Unsupported
 
 from . import _config as config
 from ._client import (
+    ACL_CHOICES,
     CHILDREN_CHANGED,
     CREATED,
     DATA_CHANGED,
     DELETED,
     LOST,
+    Access,
     NoNode,
     ZooKeeperClient,
+    parse_acl,
 )
 from ._session import NAMINGS, ZooKeeperSession, member_id, queue_order
 
@@ -55,7 +69,31 @@ class ZooKeeperBackend(Backend):
                              Curator's InterProcessMutex and LeaderSelector see) or
                              ``latch`` (elections ``_c_<uuid>-latch-<seq>``, for
                              Curator's LeaderLatch; locks as ``curator``)
+    user                     digest user to authenticate as (also the URL's
+                             ``user:password@``); sent on every connection before
+                             the session is used
+    password                 its password (secret: never shown)
+    acl              (below) ACL of every znode this SDK creates, comma-separated:
+                             ``open`` (anyone may do anything), ``creator`` (only
+                             the identities this client authenticated as: its
+                             digest user, and over TLS its client certificate),
+                             ``read`` (anyone may read) or ``scheme:id:perms``
+                             (perms from ``rwcda``). Default: ``creator`` with a
+                             user, else ``open``
+    tls              false   TLS to the servers' ``secureClientPort`` (implied by
+                             ``ca_file`` or ``cert_file``)
+    ca_file          system  CA bundle (PEM) that verifies the servers
+    cert_file                client certificate (PEM), for ``ssl.clientAuth=need``
+    key_file                 its private key (PEM), if not in ``cert_file``
+    server_name      host    the name the servers' certificates must carry
+    tls_verify       true    verify the servers' certificates and host names
     ================ ======= ========================================================
+
+    Security: TLS is the backend's own connection layer (aiozk's connection opened with
+    an ``ssl`` context; aiozk itself has no TLS). ZooKeeper accepts any digest
+    credential: a wrong password is simply another identity, so it is refused (as
+    :class:`~coordination.PermissionDenied`, naming the znode and the user) at the first
+    operation on a znode whose ACL does not grant it, like any other client's.
 
     Layout, compatible with kazoo and Apache Curator (so their locks and elections on the
     same path and this SDK exclude each other and see each other's leader):
@@ -119,12 +157,35 @@ class ZooKeeperBackend(Backend):
             " curator (InterProcessMutex, LeaderSelector) or latch (LeaderLatch elections).",
             check=lambda v: None if v in NAMINGS else f"must be one of {', '.join(NAMINGS)}",
         ),
+        **AUTH_OPTIONS,
+        "acl": Option(
+            str,
+            None,
+            f"ACL of the znodes this SDK creates: {ACL_CHOICES} (default: creator with a user, else open).",
+        ),
+        **{
+            name: TLS_OPTIONS[name]
+            for name in ("tls", "ca_file", "cert_file", "key_file", "server_name", "tls_verify")
+        },
     }
 
     def __init__(self, url: ParsedURL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
-        if url.username is not None or url.password is not None:
-            raise InvalidURL("zookeeper:// URLs take no user or password (authentication is not supported)")
+        user, password = credentials(url, self.settings)
+        if user is not None and ":" in user:
+            raise InvalidURL(f"ZooKeeper digest user {user!r} has a ':': a digest user name cannot")
+        acl = self.settings["acl"] or ("creator" if user is not None else "open")
+        try:
+            acls = parse_acl(acl, authenticated=user is not None)
+        except ValueError as exc:
+            raise InvalidURL(f"option 'acl': {exc}") from None
+        self._access = Access(
+            tls=ssl_context(self.settings),
+            server_name=self.settings["server_name"],
+            user=user,
+            password=password,
+            acl=acls,
+        )
         if not url.hosts:
             raise InvalidURL("a zookeeper:// URL needs at least one host, e.g. 'zookeeper://127.0.0.1:2181'")
         self._hosts = [(host, port or DEFAULT_PORT) for host, port in url.hosts]
@@ -141,7 +202,11 @@ class ZooKeeperBackend(Backend):
 
     async def open(self) -> None:
         client = ZooKeeperClient(
-            self._hosts, self._session_timeout or self.settings["ttl"], renew=True, tg=self._tasks
+            self._hosts,
+            self._session_timeout or self.settings["ttl"],
+            renew=True,
+            tg=self._tasks,
+            access=self._access,
         )
         await client.start()
         self._client = client
@@ -160,7 +225,9 @@ class ZooKeeperBackend(Backend):
         return self.opened(self.background)
 
     async def open_session(self, ttl: float, monitor: SessionMonitor) -> ZooKeeperSession:
-        client = ZooKeeperClient(self._hosts, self._session_timeout or ttl, renew=False, tg=self._tasks)
+        client = ZooKeeperClient(
+            self._hosts, self._session_timeout or ttl, renew=False, tg=self._tasks, access=self._access
+        )
         await client.start()
         session = ZooKeeperSession(self, client, monitor, self._timeout, self.settings["naming"])
         self._sessions[session.id] = session

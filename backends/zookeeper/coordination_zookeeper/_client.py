@@ -33,10 +33,11 @@ import functools
 import itertools
 import logging
 import random
+import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import aiozk  # type: ignore[import-untyped]
@@ -48,7 +49,7 @@ from aiozk.states import SessionStateMachine, States  # type: ignore[import-unty
 from anyio.abc import TaskGroup
 
 from coordination.abc import mapped_error
-from coordination.exceptions import CoordinationError, NotHeld, SessionExpired, Unavailable
+from coordination.exceptions import CoordinationError, NotHeld, PermissionDenied, SessionExpired, Unavailable
 
 log = logging.getLogger("coordination.zookeeper")
 
@@ -68,6 +69,8 @@ BadVersion: type[Exception] = exc.BadVersion
 NotEmpty: type[Exception] = exc.NotEmpty
 
 ERRORS: Mapping[type[BaseException], type[CoordinationError]] = {
+    exc.NoAuth: PermissionDenied,
+    exc.AuthFailed: PermissionDenied,
     exc.SessionExpired: SessionExpired,
     exc.ConnectError: Unavailable,
     exc.ConnectionLoss: Unavailable,
@@ -85,17 +88,71 @@ ANSWERS = (NoNode, NodeExists, BadVersion, NotEmpty)
 """Errors that answer the request (the node is absent, exists, has another version, has
 children): raised as aiozk's own, for the recipes to catch."""
 
-_OPEN_ACL = [protocol.UNRESTRICTED_ACCESS]
+_PERMISSIONS = {"r": "read", "w": "write", "c": "create", "d": "delete", "a": "admin"}
+
+ACL_CHOICES = "open, creator, read, or scheme:id:perms (perms from rwcda), comma-separated"
 
 
-def raise_public(error: BaseException) -> NoReturn:
+def parse_acl(text: str, *, authenticated: bool) -> tuple[Any, ...]:
+    """The ACL of the ``acl`` option: comma-separated entries, each ``open`` (anyone may do
+    anything: ZooKeeper's OPEN_ACL_UNSAFE), ``creator`` (only the users this client
+    authenticated as: CREATOR_ALL_ACL), ``read`` (anyone may read: READ_ACL_UNSAFE) or
+    ``scheme:id:perms`` (for example ``digest:bob:<base64 sha1>:rwcda`` or
+    ``ip:10.0.0.0/8:r``). ValueError says what is wrong."""
+    entries = []
+    for entry in (part.strip() for part in text.split(",")):
+        if entry == "open":
+            entries.append(protocol.UNRESTRICTED_ACCESS)
+        elif entry == "creator":
+            if not authenticated:
+                raise ValueError("'creator' needs a user to authenticate as (user:password@ in the URL)")
+            entries.append(protocol.AUTHED_UNRESTRICTED)
+        elif entry == "read":
+            entries.append(protocol.WORLD_READABLE)
+        else:
+            scheme, _, rest = entry.partition(":")
+            ident, _, perms = rest.rpartition(":")
+            if not scheme or not ident or not perms or set(perms) - set(_PERMISSIONS):
+                raise ValueError(f"entry {entry!r} is not one of {ACL_CHOICES}")
+            entries.append(
+                protocol.ACL.make(
+                    scheme, ident, **{name: letter in perms for letter, name in _PERMISSIONS.items()}
+                )
+            )
+    return tuple(entries)
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a client reaches ZooKeeper and who it is there: TLS (a context, and the name the
+    servers' certificates must carry, else each host's own), a digest user, and the ACL of
+    the nodes it creates. The password is never shown."""
+
+    tls: ssl.SSLContext | None = None
+    server_name: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    acl: Sequence[Any] = (protocol.UNRESTRICTED_ACCESS,)
+
+    @property
+    def who(self) -> str:
+        """Whom the server sees, for error messages: a user name, never the password."""
+        return f"digest user {self.user!r}" if self.user is not None else "an unauthenticated client"
+
+
+def raise_public(error: BaseException, refused: str | None = None) -> NoReturn:
     """Raise ``error`` as its public error (see :data:`ERRORS`); an answer the recipes act on
-    (:data:`ANSWERS`) and a coordination error as they are."""
+    (:data:`ANSWERS`) and a coordination error as they are. ``refused`` says which request,
+    on which znode, by whom, for a refusal (NoAuth)."""
     if isinstance(error, (*ANSWERS, CoordinationError)):
         raise error
     public = mapped_error(error, ERRORS)
     if public is None:
         raise error
+    if public is PermissionDenied and refused is not None:
+        raise public(
+            f"ZooKeeper refused {refused} ({type(error).__name__}: an ACL does not allow it)"
+        ) from error
     raise public(f"{type(error).__name__}: {error}") from error
 
 
@@ -238,9 +295,37 @@ class _Connection(Connection):  # type: ignore[misc]
     reading: _Task | None = None
     """The read loop, in the client's task group (aiozk's ``start_read_loop`` is not used)."""
 
+    tls: ssl.SSLContext | None = None
+    server_name: str | None = None
+
     async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.reader, self.writer = await asyncio.open_connection(
+            self.host,
+            self.port,
+            ssl=self.tls,
+            server_hostname=(self.server_name or self.host) if self.tls is not None else None,
+        )
         self.start_read_only = False
+
+    async def authenticate(self, user: str, password: str) -> None:
+        """Add the digest credential ``user:password`` to this connection's session, before
+        the read loop starts; PermissionDenied naming the user if the server refuses it."""
+        request = protocol.AuthRequest(type=0, scheme="digest", auth=f"{user}:{password}".encode())
+        payload = request.serialize(protocol.AUTH_XID)
+        self.opcode_xref[protocol.AUTH_XID] = request.opcode
+        self.writer.write(_SIZE.pack(len(payload)) + payload)
+        try:
+            xid, _, response = await self.read_response()
+        except (ConnectionAbortedError, exc.UnfinishedRead):
+            raise ConnectionError(f"{self.host}:{self.port} closed the connection before answering") from None
+        if isinstance(response, exc.AuthFailed):
+            raise PermissionDenied(
+                f"ZooKeeper at {self.host}:{self.port} refused the digest credentials of user {user!r}"
+            )
+        if isinstance(response, BaseException):
+            raise response
+        if xid != protocol.AUTH_XID:
+            raise ConnectionError(f"{self.host}:{self.port} answered the authentication with xid {xid}")
 
     async def _read(self, size: int = -1) -> bytes:
         try:
@@ -315,8 +400,15 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
     watch_callbacks: dict[tuple[int, str], set[Callable[[str], None]]]
 
     def __init__(
-        self, hosts: Iterable[tuple[str, int]], timeout: float, *, renew: bool, tg: TaskGroup
+        self,
+        hosts: Iterable[tuple[str, int]],
+        timeout: float,
+        *,
+        renew: bool,
+        tg: TaskGroup,
+        access: Access = Access(),
     ) -> None:
+        self.access = access
         servers = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts)
         super().__init__(servers, timeout, None, False, None)
         self.state = _StateMachine(self)
@@ -381,7 +473,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         attempt = timeout / 10  # each waits twice at most: five attempts fit in ``timeout``
         for _ in range(5):
             try:
-                await _attach_and_close(host, port, sid, self.password, attempt)
+                await _attach_and_close(host, port, sid, self.password, attempt, self.access)
             except OSError as exc:
                 raise Unavailable(f"could not reach {host}:{port} to end session 0x{sid:x}: {exc}") from exc
             with anyio.move_on_after(attempt):
@@ -426,6 +518,8 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         self._spawn(self.repair_loop)
         try:
             while not self.connected:
+                if isinstance(self._last_error, PermissionDenied):
+                    raise PermissionDenied(str(self._last_error))
                 if self._failed_rounds:
                     raise Unavailable(
                         f"could not connect to ZooKeeper at {self._servers()}: {self._last_error!r}"
@@ -528,6 +622,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
                 return False
         for host, port in random.sample(self.hosts, len(self.hosts)):
             conn = _Connection(host, port, watch_handler=self.event_dispatch, read_timeout=self.read_timeout)
+            conn.tls, conn.server_name = self.access.tls, self.access.server_name
             self._conns.add(conn)
             try:
                 with anyio.fail_after(max(1.0, self.requested_timeout / (3 * len(self.hosts)))):
@@ -542,10 +637,19 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
                             read_only=False,
                         )
                     )
-                if reply is None:
-                    raise ConnectionError(f"{host}:{port} closed the connection during the handshake")
+                    if reply is None:
+                        raise ConnectionError(f"{host}:{port} closed the connection during the handshake")
+                    if reply[1].session_id != 0 and self.access.user is not None:
+                        # Before the session is used: every request on it carries the user.
+                        await conn.authenticate(self.access.user, self.access.password or "")
             except Exception as error:
-                log.debug("connecting to %s:%s failed: %r", host, port, error)
+                log.log(
+                    logging.WARNING if isinstance(error, PermissionDenied) else logging.DEBUG,
+                    "connecting to %s:%s failed: %r",
+                    host,
+                    port,
+                    error,
+                )
                 self._last_error = error
                 self._drop(conn)
                 continue
@@ -558,7 +662,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
             self.timeout = response.timeout / 1000
             self.conn = conn
             conn.reading = self._spawn(conn.read_loop, functools.partial(self._read_loop_ended, conn))
-            self._failed_rounds = 0
+            self._failed_rounds, self._last_error = 0, None
             log.debug("connected to %s:%s, session %s", host, port, self.session_hex)
             self.state.transition_to(CONNECTED)
             self.set_heartbeat()
@@ -591,7 +695,12 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         if conn.reading is not None:
             conn.reading.cancel()
         if conn.writer is not None:
-            conn.writer.close()
+            if conn.tls is not None:
+                # Now: a TLS close would wait (up to 30 s) for the server's close_notify,
+                # keeping the socket open after the client is gone.
+                conn.writer.transport.abort()
+            else:
+                conn.writer.close()
         if conn is self.conn and not self.closing:
             self.state.transition_to(SUSPENDED)
 
@@ -660,7 +769,13 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
             raise_public(error)
         return conn, futures
 
-    def _responses(self, conn: Any, results: list[Any]) -> list[Any]:
+    def _refused(self, request: Any) -> str:
+        """``request`` as a refusal names it: the operation, its znode, and the user."""
+        operation = type(request).__name__.removesuffix("Request").rstrip("2")
+        path = getattr(request, "path", None)
+        return f"{operation}{f' of {path!r}' if path else ''} for {self.access.who}"
+
+    def _responses(self, conn: Any, results: list[Any], requests: Sequence[Any] = ()) -> list[Any]:
         """The responses in ``results``; the first error raises, a lost connection as Unavailable."""
         for result in results:
             if isinstance(result, exc.ConnectError):
@@ -668,9 +783,9 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
                     self._drop(conn)  # nothing more goes out on it: later requests wait for the next one
                 lost = Unavailable(f"the connection to ZooKeeper was lost before the reply ({result})")
                 raise lost from result
-        for result in results:
+        for index, result in enumerate(results):
             if isinstance(result, BaseException):
-                raise_public(result)
+                raise_public(result, self._refused(requests[index]) if index < len(requests) else None)
         zxid = max(zxid or 0 for zxid, _ in results)
         if zxid > (self.last_zxid or 0):
             self.last_zxid = zxid
@@ -686,7 +801,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
                 results = [error]
         else:
             results = await asyncio.gather(*futures, return_exceptions=True)
-        return self._responses(conn, results)
+        return self._responses(conn, results, requests)
 
     async def probe(self, timeout: float) -> None:
         """One round trip that renews the session.
@@ -729,10 +844,11 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         if isinstance(check, NoNode):
             raise NotHeld(f"the node {guard!r} is gone")
         if isinstance(check, BaseException) and not isinstance(check, exc.RolledBack):
-            raise_public(check)  # the check itself failed otherwise (the others say so too)
-        for response in results:  # the check passed, and was rolled back with these
+            # the check itself failed otherwise (the others say so too)
+            raise_public(check, self._refused(multi.requests[0]))
+        for request, response in zip(requests, results, strict=True):  # the check passed
             if isinstance(response, BaseException) and not isinstance(response, exc.RolledBack):
-                raise_public(response)
+                raise_public(response, self._refused(request))
         return list(results)
 
     async def create(
@@ -744,7 +860,7 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         sequential: bool = False,
         guard: str | None = None,
     ) -> tuple[str, Stat]:
-        request = protocol.Create2Request(path=path, data=data, acl=_OPEN_ACL)
+        request = protocol.Create2Request(path=path, data=data, acl=list(self.access.acl))
         request.set_flags(ephemeral=ephemeral, sequential=sequential)
         if guard is None:
             response = await self.send(request)
@@ -768,20 +884,22 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         if make_parents:
             parts = parent.strip("/").split("/")
             ancestors = [
-                protocol.Create2Request(path="/" + "/".join(parts[: i + 1]), acl=_OPEN_ACL)
+                protocol.Create2Request(path="/" + "/".join(parts[: i + 1]), acl=list(self.access.acl))
                 for i in range(len(parts))
             ]
             for request in ancestors:
                 request.set_flags()
-        create = protocol.Create2Request(path=path, data=data, acl=_OPEN_ACL)
+        create = protocol.Create2Request(path=path, data=data, acl=list(self.access.acl))
         create.set_flags(ephemeral=ephemeral, sequential=sequential)
         await self.wait_connected()
-        conn, futures = self._write(
-            [*ancestors, create, protocol.GetChildren2Request(path=parent, watch=False)]
-        )
+        listing = protocol.GetChildren2Request(path=parent, watch=False)
+        conn, futures = self._write([*ancestors, create, listing])
         results: list[Any] = await asyncio.gather(*futures, return_exceptions=True)
         made = [(None, None) if isinstance(r, NodeExists) else r for r in results[: len(ancestors)]]
-        created, listed = self._responses(conn, [*made, *results[len(ancestors) :]])[len(ancestors) :]
+        requests = [*ancestors, create, listing]
+        created, listed = self._responses(conn, [*made, *results[len(ancestors) :]], requests)[
+            len(ancestors) :
+        ]
         return str(created.path), _stat(created.stat), [str(child) for child in listed.children]
 
     async def ensure_path(self, path: str) -> None:
@@ -825,8 +943,11 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
         await self.guarded(guard, protocol.DeleteRequest(path=path, version=version))
 
 
-async def _attach_and_close(host: str, port: int, session_id: int, password: bytes, timeout: float) -> None:
-    """Attach to session ``session_id`` on a new connection and close it, in one write."""
+async def _attach_and_close(
+    host: str, port: int, session_id: int, password: bytes, timeout: float, access: Access
+) -> None:
+    """Attach to session ``session_id`` on a new connection (with the client's TLS) and close
+    it, in one write."""
 
     def frame(payload: bytes) -> bytes:
         return struct.pack("!i", len(payload)) + payload
@@ -840,7 +961,13 @@ async def _attach_and_close(host: str, port: int, session_id: int, password: byt
         read_only=False,
     )
     close = protocol.CloseRequest()
-    async with await anyio.connect_tcp(host, port) as stream:
+    stream: anyio.abc.ByteStream
+    if access.tls is None:
+        stream = await anyio.connect_tcp(host, port)
+    else:
+        name = access.server_name or host
+        stream = await anyio.connect_tcp(host, port, ssl_context=access.tls, tls_hostname=name)
+    async with stream:
         await stream.send(frame(attach.serialize()) + frame(close.serialize(1)))
         with anyio.move_on_after(timeout):  # the server hangs up once the session is closed
             try:

@@ -231,7 +231,7 @@ class Config:
     async def get(self) -> Versioned | None:
         """The value and its version, or ``None`` if absent."""
         self._engine.check_open()
-        return await self._engine.call(self._engine.backend.get(self._key), f"reading {self.name!r}")
+        return await self._engine.call(self._engine.backend.get(self._key), f"reading config {self.name!r}")
 
     async def set(self, value: bytes, *, guard: HeldLock | Leadership | None = None) -> int:
         """Write ``value``; return its new version.
@@ -248,7 +248,9 @@ class Config:
                 guard, lambda bs, contender: bs.guarded_set(contender, self._key, value), "writing"
             )
         self._engine.check_open()
-        return await self._engine.call(self._engine.backend.set(self._key, value), f"writing {self.name!r}")
+        return await self._engine.call(
+            self._engine.backend.set(self._key, value), f"writing config {self.name!r}"
+        )
 
     async def compare_and_set(
         self, value: bytes, expected_version: int | None, *, guard: HeldLock | Leadership | None = None
@@ -273,7 +275,8 @@ class Config:
             )
         self._engine.check_open()
         return await self._engine.call(
-            self._engine.backend.compare_and_set(self._key, value, expected_version), f"writing {self.name!r}"
+            self._engine.backend.compare_and_set(self._key, value, expected_version),
+            f"writing config {self.name!r}",
         )
 
     async def delete(self, *, guard: HeldLock | Leadership | None = None) -> bool:
@@ -284,7 +287,9 @@ class Config:
                 guard, lambda bs, contender: bs.guarded_delete(contender, self._key), "deleting"
             )
         self._engine.check_open()
-        return await self._engine.call(self._engine.backend.delete(self._key), f"deleting {self.name!r}")
+        return await self._engine.call(
+            self._engine.backend.delete(self._key), f"deleting config {self.name!r}"
+        )
 
     async def _guarded(
         self,
@@ -314,7 +319,9 @@ class Config:
         engine.check_open()
         if Capability.GUARDED_WRITES not in engine.backend.capabilities:
             raise Unsupported(f"the {engine.backend.scheme} backend cannot guard writes by a holding")
-        return await guard._guarded(write, f"{verb} {self.name!r} guarded by {guard._what} {guard.name!r}")
+        return await guard._guarded(
+            write, f"{verb} config {self.name!r} guarded by {guard._what} {guard.name!r}"
+        )
 
     async def watch(self) -> AsyncGenerator[Versioned | None, None]:
         """Yield the current state first, then each change (``None`` when absent).

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -668,3 +668,70 @@ async def test_a_released_or_lost_guard_raises_before_any_io() -> None:
     finally:
         coordination.unregister("counting")
         coordination.unregister("noguards")
+
+
+def _refuse(what: str) -> None:
+    _Refusing.calls.append(what)
+    if what in _Refusing.refused:
+        raise coordination.PermissionDenied(f"the ACL of {what!r} forbids it for user 'u'")
+
+
+class _RefusingSession(_MemorySession):
+    async def enqueue(self, kind: Kind, name: str, value: bytes) -> Queued[Any]:
+        _refuse("enqueue")
+        return await super().enqueue(kind, name, value)
+
+
+class _Refusing(Variant):
+    """A memory backend whose server refuses what ``refused`` names, as an ACL would."""
+
+    session_class = _RefusingSession
+    refused: ClassVar[set[str]] = set()
+    calls: ClassVar[list[str]] = []
+
+    def _check(self, what: str) -> None:
+        _refuse(what)
+
+    async def set(self, key: str, value: bytes) -> int:
+        self._check("set")
+        return await super().set(key, value)
+
+    async def open_session(self, ttl: float, monitor: Any) -> _MemorySession:
+        self._check("session")
+        return await super().open_session(ttl, monitor)
+
+
+async def test_a_refusal_is_raised_at_once_naming_the_operation(scaled: Callable[[float], float]) -> None:
+    """PermissionDenied is never retried: one request, raised at once, its message naming the
+    operation; a session the server refuses to open again is logged, retried in the
+    background, and the operations waiting for it raise PermissionDenied, not Unavailable."""
+    coordination.register("refusing", _Refusing)
+    _Refusing.refused.clear()
+    _Refusing.calls.clear()
+    async with coordination.connect(_url("refusing"), ttl=1, timeout=scaled(0.5)) as coord:
+        _Refusing.refused.add("set")
+        with pytest.raises(
+            coordination.PermissionDenied, match=r"writing config 'c' was refused: the ACL"
+        ) as caught:
+            await coord.config("c").set(b"v")
+        assert isinstance(caught.value, PermissionError)
+        assert isinstance(caught.value.__cause__, coordination.PermissionDenied)
+        assert _Refusing.calls.count("set") == 1
+        _Refusing.refused = {"enqueue"}
+        with (
+            anyio.fail_after(scaled(5)),
+            pytest.raises(coordination.PermissionDenied, match="the ACL of 'enqueue'"),
+        ):
+            await coord.lock("l").acquire()  # a transient error would be retried until the timeout
+        assert _Refusing.calls.count("enqueue") == 1
+        _Refusing.refused = {"session"}
+        assert coord.session_id is not None
+        await coord.expire_session(coord.session_id)
+        with (
+            anyio.fail_after(scaled(5)),
+            pytest.raises(coordination.PermissionDenied, match=r"no session could be opened: .*forbids it"),
+        ):
+            await coord.lock("l").acquire()
+        _Refusing.refused = set()
+        async with coord.lock("l"):  # opened again once the server allows it
+            pass

@@ -11,7 +11,7 @@ import pytest
 
 import coordination
 from coordination import exceptions
-from coordination._url import Option, parse_url, resolve_options
+from coordination._url import Option, credentials, parse_url, resolve_options, ssl_context
 from coordination.memory import MemoryBackend
 
 
@@ -84,6 +84,41 @@ def test_password_never_in_error_messages() -> None:
     with pytest.raises(coordination.InvalidURL) as info:
         coordination.connect("nosuch-without-scheme-sep:user:hunter2@h")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "etcd://h/ns?password=hunter2-secret#frag",  # a fragment
+        "etcd:/h?token=hunter2-secret",  # no scheme separator
+        "etcd://h?token=hunter2-secret&&=",  # a malformed query
+        "etcd://h,,h2?password=hunter2-secret",  # an empty host
+    ],
+)
+def test_no_option_value_in_url_errors(url: str) -> None:
+    """An option may be a secret (a password, a token): URL errors show no option's value."""
+    with pytest.raises(coordination.InvalidURL) as info:
+        parse_url(url)
+    assert "hunter2-secret" not in str(info.value)
+
+
+def test_credentials_and_tls_options() -> None:
+    options = {"user": None, "password": None}
+    assert credentials(parse_url("x://u:p@h"), options) == ("u", "p")
+    assert credentials(parse_url("x://u:p@h"), {"user": "o", "password": None}) == ("o", None)
+    assert credentials(parse_url("x://u:p@h"), {"user": None, "password": "o"}) == ("u", "o")
+    with pytest.raises(coordination.InvalidURL, match="a password needs a user"):
+        credentials(parse_url("x://:p@h"), options)
+    assert ssl_context({"tls": False}) is None
+    with pytest.raises(coordination.InvalidURL, match="option 'ca_file'"):
+        ssl_context({"ca_file": "/nonexistent/ca.pem"})
+    with pytest.raises(coordination.InvalidURL, match="'cert_file', 'key_file'"):
+        ssl_context({"tls": True, "cert_file": "/nonexistent/c.pem"})
+    with pytest.raises(coordination.InvalidURL, match="'key_file' needs 'cert_file'"):
+        ssl_context({"tls": True, "key_file": "/nonexistent/k.pem"})
+    relaxed = ssl_context({"tls": True, "tls_verify": False})
+    assert relaxed is not None
+    assert not relaxed.check_hostname
 
 
 def test_resolve_options_types_and_precedence() -> None:

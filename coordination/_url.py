@@ -106,11 +106,11 @@ def ssl_context(settings: Mapping[str, Any]) -> ssl.SSLContext | None:
     host name, unless ``tls_verify`` is false, and presents ``cert_file``/``key_file``.
     InvalidURL names the option whose file cannot be used.
     """
-    if not tls_enabled(settings):
-        return None
     cert_file, key_file = settings.get("cert_file"), settings.get("key_file")
     if key_file and not cert_file:
         raise InvalidURL("option 'key_file' needs 'cert_file' too")
+    if not tls_enabled(settings):
+        return None
     try:
         context = ssl.create_default_context(cafile=settings.get("ca_file"))
     except (OSError, ssl.SSLError) as exc:

@@ -75,9 +75,10 @@ def _accepted(event: HolderEvent) -> bool:
 @asynccontextmanager
 async def _other_owner(harness: Harness, kind: Kind, name: str, config: str) -> AsyncIterator[int]:
     """Another owner of ``name`` that writes ``config`` guarded: a holder process where the
-    backend is CROSS_PROCESS, else another session; yields its token once it wrote."""
+    backend is CROSS_PROCESS, else another session; yields its token once it wrote, and it
+    writes once only, so the value stays what it wrote unless someone else writes."""
     if Capability.CROSS_PROCESS in harness.capabilities:
-        arguments = ["--guarded", config, "--write-every", "0.05", "--label", "b"]
+        arguments = ["--guarded", config, "--write-every", "0.05", "--writes", "1", "--label", "b"]
         if kind == "election":
             arguments += ["--election", "b"]
         async with harness.holder(name, *arguments, label="the new owner") as holder:

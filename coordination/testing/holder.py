@@ -58,6 +58,7 @@ loop; each is reported as ``writing`` before it is sent and ``write`` after, wit
 detail ``accepted <version>``, ``refused server`` (the server refused it on its ownership
 check: the loss error came from its answer), ``refused local`` (the holding was known to be
 lost before any I/O) or ``error <exception name>`` (its outcome unknown, as after a timeout).
+``--writes N`` stops writing after N writes (counted over the process's holdings) and holds on.
 
 With ``--member VALUE`` it joins the group ``NAME`` with ``VALUE`` instead, reports
 ``joined - <time> <member id>`` once the member is on the server, and stays a member (re-
@@ -270,6 +271,9 @@ class _Holder:
                 await self.release_now.wait()
                 return
             while self.config is not None and not self.release_now.is_set():
+                if args.writes and self.writes >= args.writes:
+                    await self.release_now.wait()
+                    return
                 await anyio.sleep(every)
                 await self._guarded_write(self.config, held)
             while not self.release_now.is_set():
@@ -342,6 +346,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         metavar="CONFIG",
         help="write the config value CONFIG, guarded by the holding, every --write-every seconds",
+    )
+    parser.add_argument(
+        "--writes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --guarded: after N writes, hold without writing",
     )
     parser.add_argument("--spans", default=None, metavar="PATH", help="append each held span to this log")
     parser.add_argument("--label", default=None, help="this holder's name in the span log (default: its pid)")

@@ -913,36 +913,35 @@ class ConsulProcess(ServerProcess):
         """``http://127.0.0.1:PORT`` of the HTTP API."""
         return f"http://{self._host}:{self._http_port}"
 
+    def _config(self) -> dict[str, Any]:
+        """The agent's configuration (written as JSON); subclasses may add to it (ACLs, TLS)."""
+        return {
+            "node_name": self.node_name,
+            "bind_addr": self._host,
+            "client_addr": self._host,
+            "advertise_addr": self._host,
+            "ports": {
+                "http": self._http_port,
+                "https": -1,
+                "dns": -1,
+                "grpc": -1,
+                "grpc_tls": -1,
+                "serf_lan": self._serf_lan_port,
+                "serf_wan": self._serf_wan_port,
+                "server": self._server_port,
+            },
+            "session_ttl_min": self.session_ttl_min,
+            "disable_update_check": True,
+            "connect": {"enabled": False},
+            "ui_config": {"enabled": False},
+            "log_level": "INFO",
+            **self._persistence(),
+        }
+
     def _command(self) -> list[str]:
         binary = find_consul()
         config = self.base_dir / "consul.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "node_name": self.node_name,
-                    "bind_addr": self._host,
-                    "client_addr": self._host,
-                    "advertise_addr": self._host,
-                    "ports": {
-                        "http": self._http_port,
-                        "https": -1,
-                        "dns": -1,
-                        "grpc": -1,
-                        "grpc_tls": -1,
-                        "serf_lan": self._serf_lan_port,
-                        "serf_wan": self._serf_wan_port,
-                        "server": self._server_port,
-                    },
-                    "session_ttl_min": self.session_ttl_min,
-                    "disable_update_check": True,
-                    "connect": {"enabled": False},
-                    "ui_config": {"enabled": False},
-                    "log_level": "INFO",
-                    **self._persistence(),
-                },
-                indent=2,
-            )
-        )
+        config.write_text(json.dumps(self._config(), indent=2))
         mode = [] if self.persistent else ["-dev"]
         return [str(binary), "agent", *mode, "-config-file", str(config)]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 from collections.abc import AsyncGenerator, Mapping
 from functools import partial
 from typing import Any, ClassVar
@@ -20,6 +19,8 @@ from coordination.abc import (
     ParsedURL,
     ResumePoint,
     SessionMonitor,
+    ssl_context,
+    tls_enabled,
 )
 from coordination.capabilities import Capability
 from coordination.exceptions import (
@@ -139,6 +140,21 @@ class ConsulBackend(Backend):
     ``cas`` write (index 0: only if absent) and ``watch()`` is a blocking query. Writing the
     value a key already has is a no-op in Consul: it keeps its version.
 
+    **ACLs.** The token needs ``session:write`` on the node name of the agent the URL names
+    (``session_prefix "" { policy = "write" }``, or ``session "<node>"``) to create, renew and
+    destroy its sessions, and ``key:write`` on the namespace (``key_prefix "<namespace>/" {
+    policy = "write" }``; write includes the reads, listings and blocking queries; with
+    ``acl.enable_key_list_policy`` the listings need ``list`` too). Nothing else: no
+    ``node``, ``agent`` or ``operator`` rule. A refusal is
+    :class:`~coordination.PermissionDenied`, at once and never retried as transient: an HTTP
+    403 or 401, a transaction an ACL refused, a listing ACLs left keys out of (rather than,
+    say, a group without its members). Its message names the request refused, Consul's
+    reason (which names the token by its AccessorID, or the anonymous token) and where the
+    token came from, never its secret. Without session rights, ``connect()`` itself is
+    refused. An agent that refuses the client certificate (``verify_incoming``) in the TLS
+    handshake is a PermissionDenied naming ``cert_file``; an agent certificate the client
+    does not trust is :class:`~coordination.Unavailable`.
+
     Capabilities: CROSS_PROCESS and EXPIRE_SESSION (destroying a session through the API).
     Not FAIR: Consul's lock is not a queue, whoever locks first after a release wins. Not
     SINGLE_WAKEUP: a blocking query wakes every waiter. Not EVERY_VERSION: a watch sees
@@ -172,13 +188,17 @@ class ConsulBackend(Backend):
         self.identity: str = options["identity"]
         self.datacenter: str | None = options["datacenter"] or None
         self._token: str | None = options["token"] or os.environ.get("CONSUL_HTTP_TOKEN") or None
-        self._ca_file: str | None = options["ca_file"]
+        # Which token the requests carry, for the messages of refusals (never the token).
+        self._token_source = (
+            "the token given in the 'token' option"
+            if options["token"]
+            else "the token given in $CONSUL_HTTP_TOKEN"
+            if self._token
+            else "no token: neither the 'token' option nor $CONSUL_HTTP_TOKEN is set"
+        )
         self._cert_file: str | None = options["cert_file"]
-        self._key_file: str | None = options["key_file"]
-        if self._key_file and not self._cert_file:
-            raise InvalidURL("option 'key_file' needs 'cert_file' too")
-        self.tls = bool(options["tls"] or self._ca_file or self._cert_file)
-        self._tls_verify: bool = options["tls_verify"]
+        self.tls = tls_enabled(options)
+        self._ssl = ssl_context(options)  # an unusable TLS file is an InvalidURL here, at once
         self._http: ConsulClient | None = None
         self.wakeups = 0
 
@@ -190,27 +210,19 @@ class ConsulBackend(Backend):
         """The HTTP client (available while the connection is open)."""
         return self.opened(self._http)
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.tls:
-            return None
-        try:
-            context = ssl.create_default_context(cafile=self._ca_file)
-            if self._cert_file:
-                context.load_cert_chain(self._cert_file, self._key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise InvalidURL(f"cannot load the TLS files (ca_file, cert_file, key_file): {exc}") from exc
-        if not self._tls_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
-
     async def open(self) -> None:
         self._http = ConsulClient(
             self.hosts,
             scheme="https" if self.tls else "http",
-            tls=self._ssl_context(),
+            tls=self._ssl,
             token=self._token,
             datacenter=self.datacenter,
+            token_source=self._token_source,
+            certificate=(
+                f"the client certificate {self._cert_file!r}"
+                if self._cert_file
+                else "no client certificate: the 'cert_file' option is not set"
+            ),
         )
 
     async def failover(self, reason: str) -> None:

@@ -1,27 +1,38 @@
 """Typed access to the parts of Consul's HTTP API the backend uses, through py-consul.
 
 py-consul's asyncio client (``consul.aio``) does the HTTP: its aiohttp session, URL building
-and the ``X-Consul-Token`` header. Its KV read and session renew/destroy calls are used as
-they are. Where it falls short, this module goes through its HTTP layer instead:
+and the ``X-Consul-Token`` header. Its session renew/destroy calls are used as they are.
+Where it falls short, this module goes through its HTTP layer instead:
 
 * ``Session.create`` insists on a TTL of at least 10 whole seconds (Consul's own minimum is
   the server's ``session_ttl_min``) and whole-second lock delays;
 * ``Txn.put`` sends no ACL token and cannot read the body of a failed (409) transaction;
+* ``KV.get`` hides the ``X-Consul-Results-Filtered-By-ACLs`` header of a listing that ACLs
+  left keys out of;
 * its client builds the aiohttp connector with arguments aiohttp deprecates, and lets
   ``CONSUL_HTTP_TOKEN`` override an explicit token.
 
 No client exception leaves this module: everything is mapped to
 :class:`~coordination.Unavailable` (or :class:`~coordination.SessionExpired` where the reply
-says so), the original kept as ``__cause__``.
+says so), the original kept as ``__cause__``, except refusals, which are
+:class:`~coordination.PermissionDenied`: an HTTP 403 or 401 (``Permission denied: token with
+AccessorID '...' lacks permission 'key:write' on "..."``, ``ACL not found`` for a token
+Consul does not know), a transaction whose operations an ACL refused (a 409 naming
+``Permission denied``), a listing ACLs filtered, and a TLS handshake in which the agent
+refused the client certificate (its alert: certificate required, unknown CA, bad
+certificate...). Each names the request refused and the token it was sent with (where it
+came from; Consul's message gives its AccessorID), or the client certificate; never the
+token's secret, which is cut out of whatever Consul answered.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -29,9 +40,11 @@ import aiohttp
 import anyio
 import consul.aio  # type: ignore[import-untyped]
 import consul.base  # type: ignore[import-untyped]
+import consul.callback  # type: ignore[import-untyped]
+import consul.exceptions  # type: ignore[import-untyped]
 
 from coordination.abc import map_errors
-from coordination.exceptions import Unavailable
+from coordination.exceptions import PermissionDenied, Unavailable
 
 __all__ = ["ConsulClient", "KVPair", "TxnOutcome", "go_duration", "parse_go_duration"]
 
@@ -90,6 +103,53 @@ _ERRORS: Mapping[type[BaseException], type[Unavailable]] = {
 }
 
 
+_ACL_ERRORS = (consul.exceptions.ACLPermissionDenied, consul.exceptions.ACLDisabled)
+"""What py-consul raises for an HTTP 403 (``ACLPermissionDenied``) and 401 (``ACLDisabled``,
+a misnomer: Consul answers 401 to a request it would not authenticate)."""
+
+_REFUSED_STATUSES = frozenset({401, 403})
+
+_ACL_REFUSALS = ("Permission denied", "ACL not found")
+"""How Consul's reply (a body, or a transaction's error) starts when an ACL refused it."""
+
+_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",  # no client certificate (TLS 1.3)
+        "TLSV1_ALERT_UNKNOWN_CA",  # signed by a CA the agent does not trust
+        "SSLV3_ALERT_BAD_CERTIFICATE",  # refused (TLS 1.2 also for none given)
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+"""The TLS alerts (as OpenSSL names them when it receives one) by which the agent refuses the
+client's certificate. The client sends no other certificate, so each means the agent refused
+this one; the client's own refusal of the agent's certificate is an SSLCertVerificationError
+(``CERTIFICATE_VERIFY_FAILED``), which is not among them and stays Unavailable."""
+
+
+def _certificate_alert(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS alert in ``exc`` (or what it wraps) by which the agent refused the client
+    certificate, if that is what it is."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        # getattr: aiohttp's ClientConnector*Error are SSLErrors without SSLError's attributes.
+        if isinstance(error, ssl.SSLError) and getattr(error, "reason", None) in _CERTIFICATE_ALERTS:
+            return error
+        wrapped = getattr(error, "os_error", None)  # aiohttp's ClientConnectorError keeps it there
+        pending += [error.__cause__, error.__context__]
+        if isinstance(wrapped, BaseException):
+            pending.append(wrapped)
+    return None
+
+
 class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]
     """py-consul's aiohttp transport, with a connector built the way aiohttp 3.10+ wants it."""
 
@@ -138,9 +198,20 @@ class ConsulClient:
         tls: ssl.SSLContext | None,
         token: str | None,
         datacenter: str | None,
+        token_source: str | None = None,
+        certificate: str | None = None,
     ) -> None:
+        """``token_source`` says which token requests are sent with, for the messages of
+        refusals (never the token itself): where it was given, or that there is none.
+        ``certificate`` says which client certificate TLS connections present (or that none
+        is), for those of refused handshakes."""
         self._consul = _Consul(hosts, scheme, tls, datacenter)
         self._consul.token = token  # py-consul would let $CONSUL_HTTP_TOKEN win over it
+        self._token = token
+        self._token_source = token_source or (
+            "the token given" if token else "no token (Consul's anonymous token)"
+        )
+        self._certificate = certificate or "the client certificate given"
         self._http: _HTTPClient = self._consul.http
         self._dc = datacenter
         self._in_flight: dict[anyio.CancelScope, int] = {}
@@ -168,8 +239,9 @@ class ConsulClient:
         if http.current == index:
             http.rotate()
 
-    async def _request(self, make: Callable[[], Awaitable[T]], *, abandonable: bool = True) -> T:
-        """Run one request (``make`` calls py-consul), mapping its errors.
+    async def _request(self, make: Callable[[], Awaitable[T]], what: str, *, abandonable: bool = True) -> T:
+        """Run one request (``make`` calls py-consul), mapping its errors; ``what`` it is for
+        (``"to read 'key'"``) is named by a refusal (:meth:`_refusals`).
 
         A connection that cannot be made at all means the request never left: the next
         host of the URL gets it. After any other connection failure the next requests go
@@ -183,7 +255,7 @@ class ConsulClient:
             if abandonable:
                 self._in_flight[scope] = host
             try:
-                with scope, map_errors(_ERRORS):
+                with scope, map_errors(_ERRORS), self._refusals(what):
                     return await make()
                 raise Unavailable(f"the request to {http.hosts[host]} was abandoned: it did not answer")
             except Unavailable as exc:
@@ -198,7 +270,7 @@ class ConsulClient:
                 self._in_flight.pop(scope, None)
         raise AssertionError("unreachable")
 
-    async def _put(self, path: str, data: str, *, abandonable: bool = True) -> _Response:
+    async def _put(self, path: str, data: str, what: str, *, abandonable: bool = True) -> _Response:
         """``PUT path`` through py-consul's HTTP layer, with the token header and ``dc``."""
         params = [("dc", self._dc)] if self._dc else []
 
@@ -208,12 +280,63 @@ class ConsulClient:
         headers = self._consul.prepare_headers()
         return await self._request(
             lambda: self._http.put(keep, path, params=params, data=data, headers=headers),
+            what,
             abandonable=abandonable,
         )
 
-    @staticmethod
-    def _refused(what: str, response: _Response) -> Unavailable:
-        return Unavailable(f"Consul refused {what}: HTTP {response.status}: {response.body.strip()[:300]}")
+    # -- refusals --------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the token's secret (Consul's messages name a token by its
+        AccessorID, but nothing here relies on that)."""
+        return text.replace(self._token, "<the token>") if self._token else text
+
+    def _denied(self, what: str, reason: str) -> PermissionDenied:
+        """The PermissionDenied of a request ``what`` that Consul's ACLs refused for ``reason``."""
+        reason = self._redact(reason.strip())[:300] or "no reason given"
+        who = self._token_source
+        if "ACL not found" in reason and self._token:
+            who += ": Consul knows no token with that secret"
+        return PermissionDenied(f"Consul refused {what}: {reason} (as {who})")
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        """``exc`` to keep as the ``__cause__`` of a refusal, unless it shows the secret."""
+        if self._token and any(self._token in text for text in (str(exc), repr(exc))):
+            return None
+        return exc
+
+    @contextlib.contextmanager
+    def _refusals(self, what: str) -> Iterator[None]:
+        """Raise what py-consul raises for a 403 or 401, and a TLS handshake in which the
+        agent refused the client certificate, as PermissionDenied naming ``what``."""
+        try:
+            yield
+            return
+        except _ACL_ERRORS as exc:
+            denied, cause = self._denied(what, str(exc)), self._cause(exc)
+        except (aiohttp.ClientError, OSError) as exc:
+            alert = _certificate_alert(exc)
+            if alert is None:
+                raise
+            said = str(alert.reason).partition("_ALERT_")[2].lower().replace("_", " ")
+            denied, cause = (
+                PermissionDenied(
+                    f"Consul agent {self.host} refused the TLS connection {what}: its alert "
+                    f"'{said}' ({alert.reason}) (as {self._certificate})"
+                ),
+                exc,
+            )
+        # Raised here, not in the except clause: a py-consul error that showed the secret
+        # (dropped by _cause) must not stay on as the refusal's __context__ either.
+        raise denied from cause
+
+    def _refused(self, what: str, response: _Response) -> Unavailable | PermissionDenied:
+        """The error of a reply with an unexpected status: PermissionDenied for a 403 or 401."""
+        if response.status in _REFUSED_STATUSES:
+            return self._denied(what, f"HTTP {response.status}: {response.body}")
+        return Unavailable(
+            f"Consul refused {what}: HTTP {response.status}: {self._redact(response.body.strip())[:300]}"
+        )
 
     # -- KV ------------------------------------------------------------------------------
 
@@ -225,34 +348,60 @@ class ConsulClient:
         With ``index`` > 0 it is a blocking query: it returns when something may have
         changed after ``index``, or after ``wait`` seconds (plus Consul's jitter).
         """
-        blocking_wait = go_duration(wait) if index and wait else None
-        new_index, raw = await self._request(
-            lambda: self._consul.kv.get(key, index=index or None, wait=blocking_wait)
-        )
+        new_index, raw = await self._kv_read(key, recurse=False, index=index, wait=wait)
         with map_errors(_ERRORS):
             return (KVPair.from_json(raw) if raw else None), int(new_index)
 
     async def kv_list(self, prefix: str) -> list[KVPair]:
         """A consistent read of every key under ``prefix``, in key order."""
-        _, raw = await self._request(lambda: self._consul.kv.get(prefix, recurse=True))
+        _, raw = await self._kv_read(prefix, recurse=True, index=0, wait=None)
         with map_errors(_ERRORS):
             return [KVPair.from_json(item) for item in raw or ()]
 
     async def kv_list_after(self, prefix: str, *, index: int, wait: float) -> tuple[list[KVPair], int]:
         """Every key under ``prefix`` and the ``X-Consul-Index``, as a blocking query when
         ``index`` > 0 (see :meth:`kv_get`)."""
-        new_index, raw = await self._request(
-            lambda: self._consul.kv.get(
-                prefix, recurse=True, index=index or None, wait=go_duration(wait) if index else None
-            )
-        )
+        new_index, raw = await self._kv_read(prefix, recurse=True, index=index, wait=wait)
         with map_errors(_ERRORS):
             return [KVPair.from_json(item) for item in raw or ()], int(new_index)
+
+    async def _kv_read(self, key: str, *, recurse: bool, index: int, wait: float | None) -> tuple[Any, Any]:
+        """``GET /v1/kv/<key>`` as py-consul's ``KV.get`` makes it (consistent, ``dc``, a
+        blocking query with ``index``), returning its ``(index, value or values)``.
+
+        A single key the token may not read is a 403; a listing leaves such keys out and
+        says so in ``X-Consul-Results-Filtered-By-ACLs``: PermissionDenied too, rather than a
+        listing with keys missing (a group without its members)."""
+        what = f"to list the keys under {key!r}" if recurse else f"to read {key!r}"
+        params: list[tuple[str, Any]] = []
+        if index:
+            params.append(("index", index))
+            if wait:
+                params.append(("wait", go_duration(wait)))
+        if recurse:
+            params.append(("recurse", "1"))
+        if self._dc:
+            params.append(("dc", self._dc))
+        params.append(("consistent", "1"))
+        decode = consul.callback.CB.json(index=True, decode="Value", one=not recurse)
+
+        def callback(response: Any) -> tuple[Any, Any]:
+            result = decode(response)  # raises py-consul's errors, a 403 included
+            if str(response.headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() == "true":
+                raise self._denied(
+                    what, "some keys under it were left out, which the token lacks 'key:read' on"
+                )
+            return result  # type: ignore[no-any-return]
+
+        headers = self._consul.prepare_headers()
+        return await self._request(
+            lambda: self._http.get(callback, f"/v1/kv/{key}", params=params, headers=headers), what
+        )
 
     async def txn(self, ops: list[dict[str, Any]], what: str) -> TxnOutcome:
         """Apply KV operations atomically (``PUT /v1/txn``); a 409 is a failed outcome.
         Never abandoned by :meth:`move_off` (locks, releases and writes are transactions)."""
-        response = await self._put("/v1/txn", json.dumps(ops), abandonable=False)
+        response = await self._put("/v1/txn", json.dumps(ops), what, abandonable=False)
         if response.status not in (200, 409):
             raise self._refused(what, response)
         with map_errors(_ERRORS):
@@ -260,6 +409,11 @@ class ConsulClient:
             results = [KVPair.from_json(r["KV"]) for r in body.get("Results") or () if r.get("KV")]
             errors = [str(e.get("What", "")) for e in body.get("Errors") or ()]
             failed = frozenset(int(e.get("OpIndex", -1)) for e in body.get("Errors") or ())
+        # An operation an ACL refused fails the transaction (409) with "Permission denied: token
+        # with AccessorID '...' lacks permission 'key:write' on ...": nothing was applied.
+        denied = next((error for error in errors if error.startswith(_ACL_REFUSALS)), None)
+        if denied is not None:
+            raise self._denied(what, denied)
         return TxnOutcome(response.status == 200, results, errors, failed)
 
     # -- sessions --------------------------------------------------------------------------
@@ -277,7 +431,7 @@ class ConsulClient:
             "NodeChecks": [],
             "Checks": [],  # the same, for Consul before 1.7
         }
-        response = await self._put("/v1/session/create", json.dumps(body))
+        response = await self._put("/v1/session/create", json.dumps(body), "to create a session")
         if response.status != 200:
             raise self._refused("to create a session", response)
         with map_errors(_ERRORS):
@@ -292,14 +446,16 @@ class ConsulClient:
             except consul.NotFound:
                 return None
 
-        entry = await self._request(renew)
+        entry = await self._request(renew, f"to renew session {session_id}")
         if not entry:
             return None
         return parse_go_duration(str(entry.get("TTL") or "")) or 0.0
 
     async def session_destroy(self, session_id: str) -> None:
         """Destroy a session (its locks are released, with its lock-delay)."""
-        await self._request(lambda: self._consul.session.destroy(session_id))
+        await self._request(
+            lambda: self._consul.session.destroy(session_id), f"to destroy session {session_id}"
+        )
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")

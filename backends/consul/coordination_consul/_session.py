@@ -23,6 +23,7 @@ from coordination.exceptions import (
     CoordinationError,
     InvalidName,
     NotHeld,
+    PermissionDenied,
     SessionExpired,
     Unavailable,
 )
@@ -478,7 +479,11 @@ class ConsulSession(BackendSession[_Contender]):
         # the key held until this session's next contender of it frees it, or the session
         # ends: a delay for others, never a second holder.
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
-            outcome = await self._http.txn([{"KV": guard}, {"KV": lock}], f"to lock {contender.key!r}")
+            try:
+                outcome = await self._http.txn([{"KV": guard}, {"KV": lock}], f"to lock {contender.key!r}")
+            except PermissionDenied:
+                contender.maybe_held = False  # an ACL refused the transaction: nothing applied
+                raise
             contender.maybe_held = outcome.ok
             if outcome.ok:
                 contender.index = outcome.results[-1].modify_index

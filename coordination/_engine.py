@@ -10,6 +10,7 @@ one way: ``__init__`` → ``_coordinator`` → ``primitives`` → ``_engine`` �
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -21,6 +22,8 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ._log import bind, get_logger
+from ._metrics import Metrics
 from ._types import SessionState
 from ._url import default_identity
 from .abc import Backend, BackendSession, Backoff, Kind, ResumePoint
@@ -38,7 +41,7 @@ from .exceptions import (
 
 __all__ = ["Contender", "Engine", "Holding", "Membership", "Session", "reply_budget", "safety_margin"]
 
-log = logging.getLogger("coordination")
+log = get_logger("coordination")
 
 T = TypeVar("T")
 H = TypeVar("H", bound="Holding")
@@ -128,11 +131,13 @@ class Session:
             return
         self.lost_reason = reason
         self.lost.set()
+        session_id = self.backend_session.id if self.backend_session else None
         log.log(
             logging.WARNING if self.holdings else logging.INFO,
             "session %s lost: %s",
-            self.backend_session.id if self.backend_session else "?",
+            session_id or "?",
             reason,
+            extra={"session_id": session_id},
         )
         for scope in self.ops:
             scope.cancel()
@@ -168,6 +173,7 @@ class Holding:
     """What HeldLock and Leadership share: a token, loss tracking and the guarded body."""
 
     _what: ClassVar[str]
+    _kind: ClassVar[Kind]
     _lost_error: ClassVar[type[LockLost | LeadershipLost]]
 
     def __init__(
@@ -186,6 +192,7 @@ class Holding:
         self._lost_reason: str | None = None
         self._released = False
         self._scopes: list[anyio.CancelScope] = []
+        self._since = time.monotonic()
 
     def __repr__(self) -> str:
         state = "held" if self.held else "lost" if self.lost else "released"
@@ -205,11 +212,16 @@ class Holding:
         """Wait until this is lost, or released; ``lost`` tells which."""
         await self._ended.wait()
 
+    def _bound(self) -> contextlib.AbstractContextManager[None]:
+        """Log records within are about this holding (:func:`coordination._log.bind`)."""
+        return bind(self._engine, self.name, self.token)
+
     def _lose(self, reason: str) -> None:
         if self._released or self._lost_reason is not None:
             return
         self._lost_reason = reason
         self._ended.set()
+        self._engine.metrics.ended(self._kind, self.name, time.monotonic() - self._since, lost=True)
         for scope in self._scopes:
             scope.cancel()
 
@@ -246,7 +258,8 @@ class Holding:
         self._check_held()
         session = self._session
         try:
-            return await self._engine.call(write(session.bs, self._contender.handle), what)
+            with self._bound():
+                return await self._engine.call(write(session.bs, self._contender.handle), what)
         except NotHeld as exc:
             refused: CoordinationError = exc
             await self._refused(f"the server refused a write guarded by it ({exc})")
@@ -265,23 +278,28 @@ class Holding:
         self._session.holdings.discard(self)
         self._lose(reason)
         try:
-            await self._engine.withdraw(self._session, self._contender)
+            with self._bound():
+                await self._engine.withdraw(self._session, self._contender)
         except CoordinationError as exc:  # the loss error is what the caller must see
-            log.warning("withdrawing %s %r after a refused write failed: %r", self._what, self.name, exc)
+            with self._bound():
+                log.warning("withdrawing %s %r after a refused write failed: %r", self._what, self.name, exc)
 
     async def _end(self) -> None:
         self._check_held()
         self._released = True
         self._ended.set()
+        self._engine.metrics.ended(self._kind, self.name, time.monotonic() - self._since, lost=False)
         self._session.holdings.discard(self)
-        await self._engine.withdraw(self._session, self._contender)
+        with self._bound():
+            await self._engine.withdraw(self._session, self._contender)
 
     async def _proclaim(self, value: bytes) -> None:
         """Replace the value on the server (an election's leader value), keeping the token."""
         self._check_held()
-        await self._engine.call(
-            self._session.bs.proclaim(self._contender.handle, value), f"proclaiming on {self.name!r}"
-        )
+        with self._bound():
+            await self._engine.call(
+                self._session.bs.proclaim(self._contender.handle, value), f"proclaiming on {self.name!r}"
+            )
 
     # -- the guarded ``async with`` body ---------------------------------------------------
 
@@ -387,6 +405,8 @@ class Engine:
         self._ttl = ttl
         self._timeout = timeout
         self._identity = identity or default_identity()
+        self.metrics = Metrics(backend.scheme)
+        """The OpenTelemetry instruments (no-ops without the ``otel`` extra)."""
         self._state = SessionState.LOST
         self._session: Session | None = None
         self._ready: anyio.Event | None = None  # set while a live session is installed
@@ -435,6 +455,12 @@ class Engine:
         finally:
             self._subscribers.discard(send)
 
+    @property
+    def session_id(self) -> str | None:
+        """The id of the session installed last (lost or not), for log records."""
+        session = self._session
+        return session.backend_session.id if session is not None and session.backend_session else None
+
     def key(self, name: str) -> str:
         """``name`` joined with the URL's namespace: what the backend's hooks receive."""
         namespace = self._backend.url.namespace
@@ -460,7 +486,7 @@ class Engine:
             raise
         self._tg = tg
         self._install(session)
-        tg.start_soon(self._supervise, session)
+        tg.start_soon(self._bound, self._supervise, session)
 
     async def close(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -542,6 +568,12 @@ class Engine:
         assert self._ready is not None
         self._ready.set()
 
+    async def _bound(self, function: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """A background task: its log records are about this coordinator (and any name bound
+        where it was started)."""
+        with bind(self):
+            await function(*args)
+
     async def _supervise(self, session: Session) -> None:
         assert self._supervisor is not None
         with self._supervisor:
@@ -549,7 +581,7 @@ class Engine:
                 await self._keep(session)
                 assert self._tg is not None
                 retry_for = 2 * max(self._ttl, session.bs.ttl) + self._timeout
-                self._tg.start_soon(self._close_session, session, retry_for)
+                self._tg.start_soon(self._bound, self._close_session, session, retry_for)
                 session = await self._reopen()
                 self._install(session)
 
@@ -613,6 +645,7 @@ class Engine:
                 continue
             if not session.extend(sent, granted):
                 return
+            self.metrics.keepalive(time.monotonic() - sent)
             if failing:
                 log.info("keepalive of session %s answered again", bs.id)
             failing = False
@@ -683,6 +716,7 @@ class Engine:
         if state is self._state:
             return
         self._state = state
+        self.metrics.transition(state.name)
         for send in self._subscribers:
             send.send_nowait(state)
 
@@ -704,7 +738,7 @@ class Engine:
     async def call(self, awaitable: Awaitable[T], what: str) -> T:
         """Await one backend request, bounded by the operation timeout. A refusal names the
         operation refused (the backend's message names the credential, key or path)."""
-        with anyio.move_on_after(self._timeout):
+        with bind(self), anyio.move_on_after(self._timeout):
             try:
                 return await awaitable
             except PermissionDenied as exc:
@@ -747,8 +781,8 @@ class Engine:
         cancellation or a failure withdraws the contender so it cannot block others.
         """
         key = self.key(name)
-        backoff = Backoff()
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
+        backoff, asked = Backoff(), time.monotonic()
+        with bind(self, name), anyio.move_on_after(math.inf if timeout is None else timeout):
             while True:
                 try:
                     session = await self._live_session()
@@ -763,8 +797,11 @@ class Engine:
                         raise
                     await backoff.wait()
                     continue
-                if held is not None or (not blocking and not session.lost.is_set()):
+                if held is not None:
+                    self.metrics.acquired(kind, name, time.monotonic() - asked)
                     return held
+                if not blocking and not session.lost.is_set():
+                    return None
         raise AcquireTimeout(f"could not get {kind} {name!r} within {timeout:g}s", name=name, timeout=timeout)
 
     async def _attempt(
@@ -831,7 +868,7 @@ class Engine:
                     remaining = deadline - time.monotonic()
                     if remaining <= backoff.delay:
                         log.info("withdraw failed, retrying in the background: %r", exc)
-                        self._tg.start_soon(self._withdraw_later, session, contender)
+                        self._tg.start_soon(self._bound, self._withdraw_later, session, contender)
                         return
                     await backoff.wait(at_most=remaining)
             session.pass_turn(contender)
@@ -860,7 +897,7 @@ class Engine:
         within the operation timeout."""
         self.check_open()
         assert self._tg is not None
-        self._tg.start_soon(self._keep_member, membership)
+        self._tg.start_soon(self._bound, self._keep_member, membership)
         with anyio.move_on_after(self._timeout):
             async with anyio.create_task_group() as tg:
 
@@ -952,7 +989,7 @@ class Engine:
                 if remaining <= backoff.delay:
                     log.info("leaving group %r failed, retrying in the background: %r", membership.group, exc)
                     if self._tg is not None:
-                        self._tg.start_soon(self._leave_later, session, membership)
+                        self._tg.start_soon(self._bound, self._leave_later, session, membership)
                     return
                 await backoff.wait(at_most=remaining)
 
@@ -983,7 +1020,13 @@ class Engine:
             except (*_TRANSIENT, SessionExpired) as exc:
                 if self._closing or self._tg is None:
                     raise Unavailable(f"{what} ended: the coordinator was closed") from exc
-                log.info("%s broke, restarting in %.2fs: %r", what, backoff.delay, exc)
+                log.info(
+                    "%s broke, restarting in %.2fs: %r",
+                    what,
+                    backoff.delay,
+                    exc,
+                    extra={"session_id": self.session_id},
+                )
             finally:
                 aclose = getattr(items, "aclose", None)
                 if aclose is not None:

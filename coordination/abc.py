@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Generic, Literal, NamedTuple, Protocol, TypeVa
 import anyio
 from anyio.abc import TaskGroup
 
+from ._log import get_logger
 from ._types import Leader, Member, Versioned
 from ._url import (
     AUTH_OPTIONS,
@@ -56,6 +57,7 @@ from .capabilities import Capability
 from .exceptions import CoordinationError, Unsupported
 
 __all__ = [
+    "get_logger",
     "AUTH_OPTIONS",
     "COMMON_OPTIONS",
     "HISTORY_RESET",
@@ -107,10 +109,14 @@ class Backoff:
     def reset(self) -> None:
         self.delay = self.first
 
+    def next(self) -> float:
+        """The current delay; the next one is twice as long (up to ``longest``)."""
+        delay, self.delay = self.delay, min(self.delay * 2, self.longest)
+        return delay
+
     async def wait(self, at_most: float = math.inf) -> None:
         """Pause for the current delay (but not longer than ``at_most``), then double it."""
-        await anyio.sleep(min(self.delay, at_most))
-        self.delay = min(self.delay * 2, self.longest)
+        await anyio.sleep(min(self.next(), at_most))
 
 
 class ResumePoint:

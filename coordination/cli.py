@@ -5,6 +5,7 @@
     coordination demo [--url URL]
     coordination lock URL NAME [--timeout S] [--grace S] -- CMD [ARG...]
     coordination elect URL NAME [--value V] [--timeout S] [--grace S] -- CMD [ARG...]
+    coordination elect URL NAME --requeue [--min-interval S] [--value V] [--grace S] -- CMD [ARG...]
     coordination leader URL NAME [--watch] [--json]
     coordination members URL GROUP [--watch] [--json]
     coordination config get URL KEY [--json]
@@ -18,7 +19,11 @@ list again at every change, after an empty line, or one JSON list per line). ``l
 ``elect`` run CMD only while holding the lock or leading, with the fencing token in
 ``$COORDINATION_TOKEN``. If the lock or leadership is lost, CMD gets SIGTERM, then SIGKILL
 after ``--grace`` seconds, and the command exits with status 3. Otherwise it exits with
-CMD's status. Errors are one line on stderr.
+CMD's status. ``elect --requeue`` instead leads again and again (``election.run``): CMD runs
+in each term; when it exits (whatever its status) or leadership is lost (CMD stopped as
+above), it resigns and campaigns again, at least ``--min-interval`` seconds (default 5)
+after the term began; it ends only when interrupted (SIGINT or SIGTERM: CMD is stopped, the
+leadership resigned, status 128 + the signal). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -131,6 +137,8 @@ async def _lock(args: argparse.Namespace) -> int:
 
 async def _elect(args: argparse.Namespace) -> int:
     value = (args.value if args.value is not None else f"{os.uname().nodename}:{os.getpid()}").encode()
+    if args.requeue:
+        return await _elect_requeue(args, value)
     return await _guarded(
         args.url,
         f"leading {args.name!r}",
@@ -138,6 +146,20 @@ async def _elect(args: argparse.Namespace) -> int:
         args.command,
         args.grace,
     )
+
+
+async def _elect_requeue(args: argparse.Namespace, value: bytes) -> int:
+    """``elect --requeue``: election.run(), CMD the job of each term; ends only by a signal."""
+    argv: list[str] = args.command
+
+    async def job(leadership: Leadership) -> None:
+        _note(f"leading {args.name!r} (token {leadership.token}): running {' '.join(argv)}")
+        status = await _run_command(argv, leadership.token, args.grace)
+        _note(f"the command exited with status {status}; resigning, then campaigning again")
+
+    async with connect(args.url) as coord:
+        await coord.election(args.name).run(job, value, min_interval=args.min_interval)
+    raise AssertionError("unreachable: election.run() returns only by raising")
 
 
 # -- reads -------------------------------------------------------------------------------------
@@ -266,6 +288,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("name", metavar="NAME")
         if name == "elect":
             p.add_argument("--value", help="leader value to publish (default hostname:pid)")
+            p.add_argument(
+                "--requeue",
+                action="store_true",
+                help="lead again and again: run CMD in each term, until interrupted (election.run)",
+            )
+            p.add_argument(
+                "--min-interval",
+                type=float,
+                default=None,
+                metavar="S",
+                help="with --requeue: at least S seconds between the starts of two terms (default 5)",
+            )
         p.add_argument("--timeout", type=float, default=None, help="give up waiting after S seconds (exit 4)")
         p.add_argument(
             "--grace",
@@ -356,7 +390,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if not command:
             parser.error(f"{args.cmd}: give the command to run after '--'")
         args.command = command
-    elif command:
+    if args.cmd == "elect":
+        if args.requeue and args.timeout is not None:
+            parser.error("elect: --timeout is for one term; with --requeue it campaigns until interrupted")
+        if args.min_interval is not None and not args.requeue:
+            parser.error("elect: --min-interval goes with --requeue")
+        if args.min_interval is None:
+            args.min_interval = 5.0
+        elif not (math.isfinite(args.min_interval) and args.min_interval >= 0):
+            parser.error(f"elect: --min-interval must be a number of seconds >= 0, not {args.min_interval}")
+    if command and args.cmd not in ("lock", "elect"):
         parser.error(f"{args.cmd} takes no command after '--'")
     return args
 

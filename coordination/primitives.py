@@ -7,17 +7,19 @@ Made by a :class:`~coordination.Coordinator` (``coord.lock(name)``, ``coord.elec
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 
 from ._engine import Contender, Engine, Holding, Membership, Session
+from ._log import get_logger
 from ._names import validate_value
 from ._types import Leader, Member, Versioned
-from .abc import HISTORY_RESET, BackendSession
+from .abc import HISTORY_RESET, BackendSession, Backoff
 from .capabilities import Capability
 from .exceptions import LeadershipLost, LockLost, Unsupported
 
@@ -37,12 +39,19 @@ __all__ = [
 
 T = TypeVar("T")
 
+log = get_logger("coordination")
+
+RUN_BACKOFF = (1.0, 30.0)
+""":meth:`Election.run`'s extra wait after a term that ended in a loss or a job error: the
+first, and the longest it doubles up to, in seconds."""
+
 
 class HeldLock(Holding):
     """A held distributed lock. ``token`` is its fencing token; pass it to the resource, or
     guard config writes with the lock itself (``config.set(value, guard=held)``)."""
 
     _what = "lock"
+    _kind = "lock"
     _lost_error = LockLost
 
     async def release(self) -> None:
@@ -59,6 +68,7 @@ class Leadership(Holding):
     writes guarded by it (``config.set(value, guard=leadership)``) are refused once it ends."""
 
     _what = "leadership of"
+    _kind = "election"
     _lost_error = LeadershipLost
 
     def __init__(
@@ -203,6 +213,78 @@ class Election:
         engine = self._engine
         engine.check_open()
         return await engine.call(engine.backend.candidates(engine.key(self.name)), "listing the candidates")
+
+    async def run(
+        self,
+        job: Callable[[Leadership], Awaitable[object]],
+        value: bytes,
+        *,
+        min_interval: float = 5.0,
+        propagate: bool = False,
+    ) -> NoReturn:
+        """Lead whenever this coordinator can, forever, running ``job`` in each term.
+
+        Campaigns with ``value``; once leader, runs ``await job(leadership)`` as the guarded
+        body of the term (cancelled if leadership is lost). The term ends when the job
+        returns, raises, or leadership is lost; then it resigns if it still leads and
+        campaigns again, but never before ``min_interval`` seconds since the term began (so
+        a job that ends at once, or a flapping network, cannot make the leader change more
+        often than that). After a term that ended in a loss or a job error it also waits
+        :data:`RUN_BACKOFF` seconds from the term's end, doubling with each such term in a
+        row (a term that held longer than the longest delay starts the count again).
+
+        A job's exception is logged at ERROR (with the term's token) and the loop goes on, as
+        a scheduler's would; ``propagate=True`` raises it from ``run()`` instead, after
+        resigning. Returns only by raising: cancelled (resigning at once, so another
+        candidate leads without waiting for a TTL), the coordinator closed, or an error that
+        waiting does not cure (:class:`~coordination.PermissionDenied`).
+        """
+        value = validate_value(value)
+        if not (math.isfinite(min_interval) and min_interval >= 0):
+            raise ValueError(f"min_interval must be a finite number of seconds >= 0, got {min_interval!r}")
+        failures = Backoff(*RUN_BACKOFF)
+        terms = 0
+        while True:
+            leadership = await self.campaign(value)
+            began, terms = anyio.current_time(), terms + 1
+            failed = await self._term(job, leadership, terms, propagate)
+            ended = anyio.current_time()
+            resume = began + min_interval
+            if not failed:
+                failures.reset()
+            else:
+                if ended - began > failures.longest:
+                    failures.reset()
+                resume = max(resume, ended + failures.next())
+            await anyio.sleep(max(0.0, resume - anyio.current_time()))
+
+    async def _term(
+        self,
+        job: Callable[[Leadership], Awaitable[object]],
+        leadership: Leadership,
+        term: int,
+        propagate: bool,
+    ) -> bool:
+        """One term of :meth:`run`: the job as the guarded body; True if it ended in a
+        loss or a job error."""
+        where = f"election {self.name!r} term {term} (token {leadership.token})"
+        with leadership._bound():
+            log.info("%s: leading, running the job", where)
+            try:
+                async with leadership:
+                    await job(leadership)
+            except LeadershipLost as exc:
+                if not leadership.lost:
+                    raise  # not this term's: the job's own business, like any error below
+                log.warning("%s: leadership lost, the job was cancelled: %s", where, exc)
+                return True
+            except Exception:
+                if propagate:
+                    raise
+                log.exception("%s: the job failed; campaigning again", where)
+                return True
+            log.info("%s: the job returned; resigned", where)
+            return False
 
     async def observe(self) -> AsyncGenerator[Leader | None, None]:
         """Yield the current leader (or ``None``) now and at every change."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
@@ -40,12 +39,14 @@ async def info(request: web.Request) -> web.Response:
     )
 
 
+async def leader_work(leadership: coordination.Leadership) -> None:
+    """The leader's work: runs while this node leads, cancelled if leadership is lost."""
+    await anyio.sleep_forever()
+
+
 async def lead_forever(coord: coordination.Coordinator, node: str) -> None:
-    """Campaign; while leader, do the leader's work; after a loss, campaign again."""
-    while True:
-        with contextlib.suppress(coordination.LeadershipLost):
-            async with coord.election("leader").campaign(node.encode()):
-                await anyio.sleep_forever()  # the leader's work goes here
+    """Lead whenever possible: campaign, work while leader, campaign again after a loss."""
+    await coord.election("leader").run(leader_work, node.encode(), min_interval=1.0)
 
 
 def make_app(url: str, node: str) -> web.Application:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -105,6 +106,79 @@ async def test_lost_lock_stops_the_command_and_exits_3(
     pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.asyncio
+async def test_elect_requeue_runs_the_command_in_every_term(
+    tmp_path: Path, scaled: Callable[[float], float]
+) -> None:
+    """``elect --requeue``: CMD runs again in each new term, with that term's token, at least
+    ``--min-interval`` after the previous term began; a loss stops the running CMD and the
+    next term runs it again; cancelled, it stops CMD and leaves no candidate behind."""
+    url = f"memory://cli-{uuid.uuid4().hex[:8]}"
+    runs = tmp_path / "runs"
+    child = (
+        "import os, sys, time\n"
+        f"with open({str(runs)!r}, 'a') as f:\n"
+        "    f.write(f\"{os.getpid()} {os.environ['COORDINATION_TOKEN']} {time.monotonic()}\\n\")\n"
+        "if sys.argv[1:] == ['hang']: time.sleep(60)\n"
+    )
+
+    def lines() -> list[list[str]]:
+        return [line.split() for line in runs.read_text().splitlines()] if runs.exists() else []
+
+    async def until(count: int) -> None:
+        while len(lines()) < count:  # noqa: ASYNC110 - written by another process
+            await anyio.sleep(0.02)
+
+    async with coordination.connect(url) as observer:
+        for hang, min_interval in ((False, 0.3), (True, 0.0)):
+            runs.unlink(missing_ok=True)
+            argv = ["elect", url, "e", "--requeue", "--min-interval", str(min_interval), "--grace", "0.5"]
+            args = cli.parse_args([*argv, "--", sys.executable, "-c", child, *(["hang"] if hang else [])])
+            with anyio.fail_after(scaled(30)):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(args.func, args)
+                    if not hang:
+                        await until(4)
+                    else:
+                        await until(1)
+                        store = observer.driver.store  # type: ignore[attr-defined]
+                        (holder,) = [s for s in store.sessions if s != observer.session_id]
+                        store.expire(holder)
+                        await until(2)
+                    tg.cancel_scope.cancel()
+            seen = lines()
+            tokens = [int(token) for _, token, _ in seen]
+            assert tokens == sorted(set(tokens)), f"a token per term, increasing: {tokens}"
+            if not hang:
+                starts = [float(at) for _, _, at in seen]
+                gaps = [b - a for a, b in itertools.pairwise(starts)]
+                assert min(gaps) >= min_interval - 0.02, gaps
+            for pid, _, _ in seen:
+                with pytest.raises(ProcessLookupError):  # the lost term's CMD was stopped too
+                    os.kill(int(pid), 0)
+            assert await observer.election("e").candidates() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["elect", "memory://", "e", "--min-interval", "1", "--", "true"], "goes with --requeue"),
+        (
+            ["elect", "memory://", "e", "--requeue", "--timeout", "1", "--", "true"],
+            "--timeout is for one term",
+        ),
+        (["elect", "memory://", "e", "--requeue", "--min-interval", "-1", "--", "true"], ">= 0"),
+    ],
+)
+def test_elect_requeue_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_demo_runs_and_tells_the_story(scaled: Callable[[float], float]) -> None:

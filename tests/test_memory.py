@@ -4,6 +4,7 @@ deadline coming before the server's, and a blocked event loop."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -735,3 +736,38 @@ async def test_a_refusal_is_raised_at_once_naming_the_operation(scaled: Callable
         _Refusing.refused = set()
         async with coord.lock("l"):  # opened again once the server allows it
             pass
+
+
+@pytest.mark.asyncio
+async def test_log_records_carry_the_session_name_and_token(
+    caplog: pytest.LogCaptureFixture, scaled: Callable[[float], float]
+) -> None:
+    """Every record of the library has ``session_id``, ``primitive_name`` and ``token``
+    attributes: a term of election.run() names its election and token, a lost session its id,
+    a background task's record its coordinator's session."""
+    caplog.set_level(logging.DEBUG, logger="coordination")
+    url = f"memory://logs-{uuid.uuid4().hex[:8]}"
+    terms: list[int] = []
+
+    async def job(leadership: coordination.Leadership) -> None:
+        terms.append(leadership.token)
+
+    with anyio.fail_after(scaled(20)):
+        async with coordination.connect(url) as coord:
+            first = coord.session_id
+            with anyio.move_on_after(0.2):  # one term, then waiting out min_interval
+                await coord.election("e").run(job, b"me", min_interval=10.0)
+            held = await coord.lock("l").acquire()
+            coord.driver.store.expire(first)  # type: ignore[attr-defined]
+            await held.wait_lost()
+            await coord.lock("l").acquire()  # on the next session
+    records = [r for r in caplog.records if r.name.startswith("coordination")]
+    assert records
+    for record in records:
+        for field in ("session_id", "primitive_name", "token"):
+            assert hasattr(record, field), (field, record.getMessage())
+    (term,) = terms
+    leading = [r for r in records if "leading, running the job" in r.getMessage()]
+    assert [(r.session_id, r.primitive_name, r.token) for r in leading] == [(first, "e", term)]  # type: ignore[attr-defined]
+    lost = [r for r in records if r.getMessage().startswith(f"session {first} lost")]
+    assert [r.session_id for r in lost] == [first]  # type: ignore[attr-defined]

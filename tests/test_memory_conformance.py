@@ -10,6 +10,7 @@ from coordination.testing import (
     ElectionTests,
     GroupTests,
     GuardedWriteTests,
+    LeaderLoopTests,
     LockTests,
     SessionTests,
 )
@@ -47,4 +48,8 @@ class TestBadInput(BadInputTests, MemoryFixtures):
 
 
 class TestGuardedWrites(GuardedWriteTests, MemoryFixtures):
+    pass
+
+
+class TestLeaderLoop(LeaderLoopTests, MemoryFixtures):
     pass

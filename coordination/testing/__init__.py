@@ -4,6 +4,8 @@
   ``ConfigTests``, ``SessionTests``, ``BadInputTests``, ``GroupTests``);
 * :mod:`coordination.testing.guarded` — ``GuardedWriteTests``: config writes guarded by a
   lock or leadership, refused by the server once it is not the owner;
+* :mod:`coordination.testing.leader_loop` — ``LeaderLoopTests``: ``election.run()``, the
+  leader loop that re-queues;
 * :mod:`coordination.testing.faults` — ``FaultTests``, the fault suite (marked ``faults``);
 * :mod:`coordination.testing.cluster` — ``ClusterFaultTests``, the cluster fault suite
   (marked ``faults`` and ``cluster``): nodes of a server cluster killed, cut off, restarted;
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .faults import FaultTests
     from .fixtures import ClusterHarness, CoordinationFixtures, Harness, Recorder, SharedCluster
     from .guarded import GuardedWriteTests
+    from .leader_loop import LeaderLoopTests
     from .suite import BadInputTests, ConfigTests, ElectionTests, GroupTests, LockTests, SessionTests
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "GroupTests",
     "GuardedWriteTests",
     "Harness",
+    "LeaderLoopTests",
     "LockTests",
     "Recorder",
     "SessionTests",
@@ -60,6 +64,7 @@ _WHERE = {
     "SharedCluster": ".fixtures",
     "FaultTests": ".faults",
     "GuardedWriteTests": ".guarded",
+    "LeaderLoopTests": ".leader_loop",
     "BadInputTests": ".suite",
     "ConfigTests": ".suite",
     "ElectionTests": ".suite",

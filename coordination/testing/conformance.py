@@ -18,6 +18,7 @@ import pytest
 from .faults import FaultTests
 from .fixtures import CoordinationFixtures
 from .guarded import GuardedWriteTests
+from .leader_loop import LeaderLoopTests
 from .suite import BadInputTests, ConfigTests, ElectionTests, GroupTests, LockTests, SessionTests
 
 
@@ -59,4 +60,8 @@ class TestFaults(FaultTests, URLFixtures):
 
 
 class TestGuardedWrites(GuardedWriteTests, URLFixtures):
+    pass
+
+
+class TestLeaderLoop(LeaderLoopTests, URLFixtures):
     pass

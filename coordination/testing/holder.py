@@ -50,7 +50,10 @@ Without ``--loop`` the process exits after the hold: status 0 after a release, 3
 loss.
 
 With an election (``--election VALUE``) the events are the same, with the leadership's
-token; releasing is resigning.
+token; releasing is resigning. ``--run`` (with ``--election``) leads with ``election.run()``
+instead, ``--min-interval S`` apart, each term's job being one holding as above (it ends
+after ``--hold``, at ``release``, or cancelled by a loss: ``cancelled`` then ``lost``); it
+runs until killed.
 
 With ``--guarded CONFIG`` the writes are config writes instead, guarded by the holding
 (``config.set(value, guard=held)``, value ``<label> <token> <n>``), made from the event
@@ -103,7 +106,7 @@ from coordination import HeldLock, Leadership, LeadershipLost, LockLost
 from .fenced import FencedClient
 from .servers import wait_stopped
 
-__all__ = ["HolderEvent", "HolderProcess", "Span", "main", "parse_event", "read_spans"]
+__all__ = ["HolderEvent", "HolderProcess", "Span", "main", "overlapping", "parse_event", "read_spans"]
 
 LOST_STATUS = 3
 
@@ -222,6 +225,8 @@ class _Holder:
                 async def acquire() -> HeldLock | Leadership:
                     return await election.campaign(value)
 
+            if args.run:
+                await self._run_election(coord.election(args.name), args.election.encode())
             held = 0
             while True:
                 lost = await self._hold_once(acquire)
@@ -240,27 +245,48 @@ class _Holder:
         token = held.token
         try:
             async with held:
-                self.current = held
-                start = _emit("held", token)
-                if self.spans is not None:
-                    self.spans.acquired(token, start)
-                try:
-                    await self._body(held)
-                except anyio.get_cancelled_exc_class():
-                    end = _emit("cancelled", token)
-                    if self.spans is not None:
-                        self.spans.ended(token, start, end, "lost")
-                    raise
-                end = _emit("releasing", token)
-                if self.spans is not None:
-                    self.spans.ended(token, start, end, "released")
-                self.current = None
+                await self._guarded(held)
         except (LockLost, LeadershipLost) as exc:
             self.current = None
             _emit("lost", token, str(exc))
             return True
         _emit("released", token)
         return False
+
+    async def _guarded(self, held: HeldLock | Leadership) -> None:
+        """The guarded body: ``held``, the work (:meth:`_body`), then ``releasing`` or
+        ``cancelled``, with its span."""
+        self.current, token = held, held.token
+        start = _emit("held", token)
+        if self.spans is not None:
+            self.spans.acquired(token, start)
+        try:
+            await self._body(held)
+        except anyio.get_cancelled_exc_class():
+            end = _emit("cancelled", token)
+            if self.spans is not None:
+                self.spans.ended(token, start, end, "lost")
+            raise
+        end = _emit("releasing", token)
+        if self.spans is not None:
+            self.spans.ended(token, start, end, "released")
+        self.current = None
+
+    async def _run_election(self, election: coordination.Election, value: bytes) -> None:
+        """``--run``: election.run() with the guarded body as its job, each term reported as
+        a holding is; a term that ended in a loss is reported ``lost``."""
+
+        async def job(leadership: Leadership) -> None:
+            self.release_now = anyio.Event()
+            try:
+                await self._guarded(leadership)
+            except anyio.get_cancelled_exc_class():
+                if leadership.lost:
+                    _emit("lost", leadership.token, "the term was lost")
+                raise
+            _emit("released", leadership.token)
+
+        await election.run(job, value, min_interval=self.args.min_interval)
 
     async def _body(self, held: HeldLock | Leadership) -> None:
         args = self.args
@@ -336,6 +362,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--commands", action="store_true")
     parser.add_argument(
+        "--run",
+        action="store_true",
+        help="with --election: lead in a loop with election.run(), each term a holding (--hold)",
+    )
+    parser.add_argument(
+        "--min-interval", type=float, default=0.0, metavar="S", help="with --run: election.run's min_interval"
+    )
+    parser.add_argument(
         "--election", default=None, metavar="VALUE", help="campaign with VALUE instead of locking"
     )
     parser.add_argument(
@@ -363,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="send each write to this fenced resource process (coordination.testing.fenced)",
     )
     args = parser.parse_args(argv)
+    if args.run and args.election is None:
+        parser.error("--run needs --election VALUE")
     holder = _Holder(args)
     try:
         anyio.run(holder.run)
@@ -425,6 +461,19 @@ def read_spans(path: str | os.PathLike[str]) -> list[Span]:
         else:
             spans[key] = Span(label, int(token), float(start), float(end), how)
     return sorted(spans.values(), key=lambda span: span.start)
+
+
+def overlapping(spans: Sequence[Span], until: float) -> list[tuple[str, int, str, int]]:
+    """The pairs of spans of different holders that overlap in time, as (label, token,
+    label, token); a span still ``held`` counts as held ``until`` then."""
+    ordered = sorted(spans, key=lambda span: span.start)
+    ends = [until if span.end is None else span.end for span in ordered]
+    return [
+        (a.label, a.token, b.label, b.token)
+        for i, (a, a_end) in enumerate(zip(ordered, ends, strict=True))
+        for b in ordered[i + 1 :]
+        if b.start < a_end and a.label != b.label
+    ]
 
 
 class HolderProcess:

@@ -46,6 +46,12 @@ FIGURES = {
     "stale_writes_applied": "stale guarded writes applied",
     "overlaps": "overlaps",
     "acquisitions": "acquisitions",
+    "terms": "terms",
+    "runners": "runners",
+    "min_interval": "min_interval",
+    "shortest_term_gap": "shortest gap between one runner's terms",
+    "term_gaps": "gaps between one runner's terms",
+    "requeued_term_after_loss": "the old runner's next term after its loss",
 }
 """``user_properties`` of fault tests shown in the figures summary, with their labels."""
 

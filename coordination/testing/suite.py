@@ -50,7 +50,7 @@ from coordination import (
 
 from .fenced import FencedProcess
 from .fixtures import Harness, Recorder, WatchTap, not_run
-from .holder import read_spans
+from .holder import overlapping, read_spans
 
 __all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "GroupTests", "LockTests", "SessionTests"]
 
@@ -478,13 +478,7 @@ async def _exclusion_across_processes(
                 await holder.wait(harness.t(10))
         spans = read_spans(log)
         decisions = resource.decisions(name)
-    ends = [(span, stopped if span.end is None else span.end) for span in spans]
-    overlaps = [
-        (a.label, a.token, b.label, b.token)
-        for i, (a, a_end) in enumerate(ends)
-        for b, _ in ends[i + 1 :]
-        if b.start < a_end and a.label != b.label
-    ]
+    overlaps = overlapping(spans, stopped)
     refused = [d for d in decisions if not d.accepted]
     request.node.user_properties.extend([("overlaps", len(overlaps)), ("acquisitions", len(spans))])
     assert not overlaps, f"{len(overlaps)} overlapping spans across processes, e.g. {overlaps[:3]}"

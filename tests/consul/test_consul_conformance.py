@@ -31,6 +31,7 @@ from coordination.testing import (
     GroupTests,
     GuardedWriteTests,
     Harness,
+    LeaderLoopTests,
     LockTests,
     SessionTests,
 )
@@ -140,4 +141,8 @@ class TestGroup(GroupTests, ConsulFixtures):
 
 
 class TestGuardedWrites(GuardedWriteTests, ConsulFixtures):
+    pass
+
+
+class TestLeaderLoop(LeaderLoopTests, ConsulFixtures):
     pass

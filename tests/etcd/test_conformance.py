@@ -21,6 +21,7 @@ from coordination.testing import (
     GroupTests,
     GuardedWriteTests,
     Harness,
+    LeaderLoopTests,
     LockTests,
     SessionTests,
 )
@@ -131,4 +132,8 @@ class TestGroup(GroupTests, EtcdFixtures):
 
 
 class TestGuardedWrites(GuardedWriteTests, EtcdFixtures):
+    pass
+
+
+class TestLeaderLoop(LeaderLoopTests, EtcdFixtures):
     pass

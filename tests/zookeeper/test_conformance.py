@@ -9,6 +9,7 @@ from coordination.testing import (
     FaultTests,
     GroupTests,
     GuardedWriteTests,
+    LeaderLoopTests,
     LockTests,
     SessionTests,
 )
@@ -45,4 +46,8 @@ class TestGroup(GroupTests, ZooKeeperFixtures):
 
 
 class TestGuardedWrites(GuardedWriteTests, ZooKeeperFixtures):
+    pass
+
+
+class TestLeaderLoop(LeaderLoopTests, ZooKeeperFixtures):
     pass

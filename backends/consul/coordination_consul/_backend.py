@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import AsyncGenerator, Mapping
 from functools import partial
@@ -19,6 +18,7 @@ from coordination.abc import (
     ParsedURL,
     ResumePoint,
     SessionMonitor,
+    get_logger,
     ssl_context,
     tls_enabled,
 )
@@ -46,7 +46,7 @@ from ._session import (
 
 __all__ = ["LOCK_FLAG_VALUE", "ConsulBackend", "lock_key", "token_of"]
 
-log = logging.getLogger("coordination.consul")
+log = get_logger("coordination.consul")
 
 DEFAULT_PORT = 8500
 

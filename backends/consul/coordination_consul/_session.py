@@ -5,7 +5,6 @@ waits are blocking queries."""
 from __future__ import annotations
 
 import base64
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from coordination.abc import (
     Kind,
     Queued,
     SessionMonitor,
+    get_logger,
 )
 from coordination.exceptions import (
     CoordinationError,
@@ -45,7 +45,7 @@ __all__ = [
     "refusal",
 ]
 
-log = logging.getLogger("coordination.consul")
+log = get_logger("coordination.consul")
 
 T = TypeVar("T")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import logging
 import math
 import os
 import socket
@@ -24,6 +23,7 @@ from coordination.abc import (
     ResumePoint,
     SessionMonitor,
     credentials,
+    get_logger,
     tls_enabled,
 )
 from coordination.exceptions import (
@@ -49,7 +49,7 @@ from ._session import EtcdSession, edge_contender, is_contender
 
 __all__ = ["EtcdBackend", "EtcdSession"]
 
-log = logging.getLogger("coordination.etcd")
+log = get_logger("coordination.etcd")
 
 DEFAULT_PORT = 2379
 

@@ -5,7 +5,6 @@ create revision, a waiter watches only the key just before its own)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Literal
 
 import anyio
@@ -15,6 +14,7 @@ from coordination.abc import (
     BackendSession,
     Kind,
     Queued,
+    get_logger,
 )
 from coordination.exceptions import (
     CoordinationError,
@@ -42,7 +42,7 @@ from ._client import (
 
 __all__ = ["EtcdSession", "edge_contender", "is_contender"]
 
-log = logging.getLogger("coordination.etcd")
+log = get_logger("coordination.etcd")
 
 _PAGE = 64  # keys per page when a lock prefix holds keys that are not contenders
 

@@ -48,10 +48,10 @@ from aiozk.session import Session  # type: ignore[import-untyped]
 from aiozk.states import SessionStateMachine, States  # type: ignore[import-untyped]
 from anyio.abc import TaskGroup
 
-from coordination.abc import mapped_error
+from coordination.abc import get_logger, mapped_error
 from coordination.exceptions import CoordinationError, NotHeld, PermissionDenied, SessionExpired, Unavailable
 
-log = logging.getLogger("coordination.zookeeper")
+log = get_logger("coordination.zookeeper")
 
 CONNECTED: str = States.CONNECTED
 SUSPENDED: str = States.SUSPENDED

@@ -24,7 +24,6 @@ reply never leaves an orphan behind.
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import uuid
 from collections.abc import Iterable
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from coordination.abc import Backend, BackendSession, Backoff, Kind, Queued, SessionMonitor
+from coordination.abc import Backend, BackendSession, Backoff, Kind, Queued, SessionMonitor, get_logger
 from coordination.exceptions import NotHeld, SessionExpired, Unavailable
 
 from . import _config as config
@@ -59,7 +58,7 @@ __all__ = [
     "queue_order",
 ]
 
-log = logging.getLogger("coordination.zookeeper")
+log = get_logger("coordination.zookeeper")
 
 NODE_MARK = "__lock__"
 """What kazoo's ``Lock`` puts between the uuid and the sequence number."""

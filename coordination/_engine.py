@@ -192,7 +192,7 @@ class Holding:
         self._lost_reason: str | None = None
         self._released = False
         self._scopes: list[anyio.CancelScope] = []
-        self._since = time.monotonic()
+        self._since = time.monotonic()  # when it was granted (election.run times terms from it)
 
     def __repr__(self) -> str:
         state = "held" if self.held else "lost" if self.lost else "released"

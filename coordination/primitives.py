@@ -8,6 +8,7 @@ Made by a :class:`~coordination.Coordinator` (``coord.lock(name)``, ``coord.elec
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from types import TracebackType
@@ -246,9 +247,11 @@ class Election:
         terms = 0
         while True:
             leadership = await self.campaign(value)
-            began, terms = anyio.current_time(), terms + 1
+            # The term began when the server granted it (the holding's own time), so the
+            # next grant is at least min_interval after this one, not only after this line.
+            began, terms = leadership._since, terms + 1
             failed = await self._term(job, leadership, terms, propagate)
-            ended = anyio.current_time()
+            ended = time.monotonic()
             resume = began + min_interval
             if not failed:
                 failures.reset()
@@ -256,7 +259,7 @@ class Election:
                 if ended - began > failures.longest:
                     failures.reset()
                 resume = max(resume, ended + failures.next())
-            await anyio.sleep(max(0.0, resume - anyio.current_time()))
+            await anyio.sleep(max(0.0, resume - time.monotonic()))
 
     async def _term(
         self,

@@ -253,11 +253,12 @@ class _Holder:
         _emit("released", token)
         return False
 
-    async def _guarded(self, held: HeldLock | Leadership) -> None:
+    async def _guarded(self, held: HeldLock | Leadership, since: float | None = None) -> None:
         """The guarded body: ``held``, the work (:meth:`_body`), then ``releasing`` or
-        ``cancelled``, with its span."""
+        ``cancelled``, with its span (from ``since`` if given, else from ``held``)."""
         self.current, token = held, held.token
         start = _emit("held", token)
+        start = start if since is None else since
         if self.spans is not None:
             self.spans.acquired(token, start)
         try:
@@ -279,7 +280,9 @@ class _Holder:
         async def job(leadership: Leadership) -> None:
             self.release_now = anyio.Event()
             try:
-                await self._guarded(leadership)
+                # Spans from the grant (when election.run's term began): its min_interval is
+                # measured from there; the span only starts earlier than the body does.
+                await self._guarded(leadership, since=leadership._since)
             except anyio.get_cancelled_exc_class():
                 if leadership.lost:
                     _emit("lost", leadership.token, "the term was lost")

@@ -125,7 +125,7 @@ async def _forever() -> None:
 class LeaderLoopTests:
     """``election.run()``: one job at a time across runners, re-queued, ``min_interval`` apart."""
 
-    exclusion_seconds = 15.0
+    exclusion_seconds = 8.0
     """How long (scaled) the runners of the exclusion test run."""
 
     min_interval = 0.3
@@ -136,7 +136,7 @@ class LeaderLoopTests:
     async def test_the_job_never_runs_in_two_places_at_once(
         self, harness: Harness, request: pytest.FixtureRequest
     ) -> None:
-        """Three runners whose jobs last 20-80 ms, for a scaled 15 s: no two terms overlap,
+        """Three runners whose jobs last 20-80 ms, for a scaled 8 s: no two terms overlap,
         tokens increase in term order, each runner led, and each runner's terms began at
         least ``min_interval`` apart. Across processes where the backend is CROSS_PROCESS
         (every job's writes also checked by a fenced resource), else on separate sessions."""

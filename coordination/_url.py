@@ -18,6 +18,8 @@ __all__ = [
     "AUTH_OPTIONS",
     "COMMON_OPTIONS",
     "TLS_OPTIONS",
+    "certificate_refusal",
+    "client_certificate",
     "credentials",
     "Option",
     "ParsedURL",
@@ -126,6 +128,58 @@ def ssl_context(settings: Mapping[str, Any]) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",  # no client certificate (TLS 1.3)
+        "TLSV1_ALERT_UNKNOWN_CA",  # signed by a CA the server does not trust
+        "SSLV3_ALERT_BAD_CERTIFICATE",  # refused (TLS 1.2 also for none given)
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+"""The TLS alerts (as OpenSSL names them when it receives one) by which a server refuses the
+client's certificate. The client sends no other certificate, so each means the server refused
+this one; the client's own refusal of the server's certificate is an SSLCertVerificationError
+(``CERTIFICATE_VERIFY_FAILED``), which is not among them."""
+
+
+def certificate_refusal(exc: BaseException) -> str | None:
+    """If ``exc`` (or what it wraps: causes, contexts, aiohttp's ``os_error``) is the TLS alert
+    by which the server refused the client certificate, what the alert said (``"its alert
+    'certificate required' (TLSV13_ALERT_CERTIFICATE_REQUIRED)"``), for a PermissionDenied;
+    else ``None`` (the error stays what it was, Unavailable as a rule)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        # getattr: aiohttp's ClientConnector*Error are SSLErrors without SSLError's attributes.
+        reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
+        if reason in _CERTIFICATE_ALERTS:
+            said = str(reason).partition("_ALERT_")[2].lower().replace("_", " ")
+            return f"its alert '{said}' ({reason})"
+        wrapped = getattr(error, "os_error", None)
+        pending += [error.__cause__, error.__context__]
+        if isinstance(wrapped, BaseException):
+            pending.append(wrapped)
+    return None
+
+
+def client_certificate(settings: Mapping[str, Any]) -> str:
+    """Which client certificate the TLS options present, for the message of a refusal."""
+    cert_file = settings.get("cert_file")
+    return (
+        f"the client certificate {cert_file!r}"
+        if cert_file
+        else "no client certificate: the 'cert_file' option is not set"
+    )
 
 
 def _identity_problem(value: str) -> str | None:

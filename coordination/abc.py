@@ -48,6 +48,8 @@ from ._url import (
     TLS_OPTIONS,
     Option,
     ParsedURL,
+    certificate_refusal,
+    client_certificate,
     credentials,
     parse_url,
     ssl_context,
@@ -57,6 +59,8 @@ from .capabilities import Capability
 from .exceptions import CoordinationError, Unsupported
 
 __all__ = [
+    "certificate_refusal",
+    "client_certificate",
     "get_logger",
     "AUTH_OPTIONS",
     "COMMON_OPTIONS",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,15 @@ import pytest
 
 import coordination
 from coordination import exceptions
-from coordination._url import Option, credentials, parse_url, resolve_options, ssl_context
+from coordination._url import (
+    Option,
+    certificate_refusal,
+    client_certificate,
+    credentials,
+    parse_url,
+    resolve_options,
+    ssl_context,
+)
 from coordination.memory import MemoryBackend
 
 
@@ -100,6 +109,30 @@ def test_no_option_value_in_url_errors(url: str) -> None:
     with pytest.raises(coordination.InvalidURL) as info:
         parse_url(url)
     assert "hunter2-secret" not in str(info.value)
+
+
+def _ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] ...")
+    error.reason = reason
+    return error
+
+
+def test_a_refused_client_certificate_is_told_from_other_tls_errors() -> None:
+    """The server's TLS alert refusing the client certificate, however deep in the chain of
+    causes (aiohttp keeps it as ``os_error``), is named; the client's own verification
+    failure of the server's certificate is not a refusal of ours."""
+    wrapped = ConnectionError("handshake failed")
+    wrapped.__cause__ = _ssl_error("TLSV13_ALERT_CERTIFICATE_REQUIRED")
+    assert certificate_refusal(wrapped) == (
+        "its alert 'certificate required' (TLSV13_ALERT_CERTIFICATE_REQUIRED)"
+    )
+    aiohttp_like = OSError("cannot connect")
+    aiohttp_like.os_error = _ssl_error("TLSV1_ALERT_UNKNOWN_CA")  # type: ignore[attr-defined]
+    assert certificate_refusal(aiohttp_like) == "its alert 'unknown ca' (TLSV1_ALERT_UNKNOWN_CA)"
+    assert certificate_refusal(_ssl_error("CERTIFICATE_VERIFY_FAILED")) is None
+    assert certificate_refusal(ConnectionRefusedError()) is None
+    assert client_certificate({"cert_file": "/c.pem"}) == "the client certificate '/c.pem'"
+    assert "'cert_file' option is not set" in client_certificate({"cert_file": None})
 
 
 def test_credentials_and_tls_options() -> None:

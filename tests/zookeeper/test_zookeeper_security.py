@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -269,23 +270,35 @@ async def _refusal(address: str) -> BaseException:
 
 
 @pytest.mark.parametrize(
-    ("options", "why"),
+    ("options", "refusal", "message"),
     [
-        ({"cert_file": "", "key_file": ""}, "no client certificate"),
-        ({"cert_file": "stranger.pem", "key_file": "stranger.key"}, "a client certificate of another CA"),
-        ({"ca_file": "stranger-ca.pem"}, "a server certificate this CA did not sign"),
-        ({"server_name": "other.invalid"}, "a server certificate for another host name"),
+        (
+            {"cert_file": "", "key_file": ""},
+            PermissionDenied,
+            r"alert 'bad certificate'.*no client certificate",
+        ),
+        (
+            {"cert_file": "stranger.pem", "key_file": "stranger.key"},
+            PermissionDenied,
+            r"alert 'certificate unknown'.*the client certificate '.*stranger.pem'",
+        ),
+        ({"ca_file": "stranger-ca.pem"}, Unavailable, "CERTIFICATE_VERIFY_FAILED.*local issuer"),
+        ({"server_name": "other.invalid"}, Unavailable, "CERTIFICATE_VERIFY_FAILED.*Hostname mismatch"),
     ],
     ids=["no-client-cert", "untrusted-client-cert", "untrusted-server", "wrong-host-name"],
 )
 @asyncio
-async def test_tls_refusals(secure_zookeeper: SecureZooKeeper, options: dict[str, str], why: str) -> None:
-    """Each of these is refused by the TLS handshake (the server's or the client's check):
-    Unavailable after the connect attempts, its cause an SSL or connection error."""
+async def test_tls_refusals(
+    secure_zookeeper: SecureZooKeeper, options: dict[str, str], refusal: type[Exception], message: str
+) -> None:
+    """Each of these is refused by the TLS handshake. The server refusing the client's
+    certificate (its TLS alert) is PermissionDenied at once, naming the certificate; the
+    client refusing the server's is Unavailable after the connect attempts."""
     files = secure_zookeeper.files
     given = {k: (files.get(v, v)) for k, v in options.items()}
     refused = await _refusal(url(secure_zookeeper, "x", **given))
-    assert isinstance(refused, Unavailable), why
+    assert type(refused) is refusal, refused
+    assert re.search(message, str(refused)), refused
 
 
 @asyncio

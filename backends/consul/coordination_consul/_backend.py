@@ -18,6 +18,7 @@ from coordination.abc import (
     ParsedURL,
     ResumePoint,
     SessionMonitor,
+    client_certificate,
     get_logger,
     ssl_context,
     tls_enabled,
@@ -196,7 +197,7 @@ class ConsulBackend(Backend):
             if self._token
             else "no token: neither the 'token' option nor $CONSUL_HTTP_TOKEN is set"
         )
-        self._cert_file: str | None = options["cert_file"]
+        self._certificate = client_certificate(options)
         self.tls = tls_enabled(options)
         self._ssl = ssl_context(options)  # an unusable TLS file is an InvalidURL here, at once
         self._http: ConsulClient | None = None
@@ -218,11 +219,7 @@ class ConsulBackend(Backend):
             token=self._token,
             datacenter=self.datacenter,
             token_source=self._token_source,
-            certificate=(
-                f"the client certificate {self._cert_file!r}"
-                if self._cert_file
-                else "no client certificate: the 'cert_file' option is not set"
-            ),
+            certificate=self._certificate,
         )
 
     async def failover(self, reason: str) -> None:

@@ -43,7 +43,7 @@ import consul.base  # type: ignore[import-untyped]
 import consul.callback  # type: ignore[import-untyped]
 import consul.exceptions  # type: ignore[import-untyped]
 
-from coordination.abc import map_errors
+from coordination.abc import certificate_refusal, map_errors
 from coordination.exceptions import PermissionDenied, Unavailable
 
 __all__ = ["ConsulClient", "KVPair", "TxnOutcome", "go_duration", "parse_go_duration"]
@@ -111,43 +111,6 @@ _REFUSED_STATUSES = frozenset({401, 403})
 
 _ACL_REFUSALS = ("Permission denied", "ACL not found")
 """How Consul's reply (a body, or a transaction's error) starts when an ACL refused it."""
-
-_CERTIFICATE_ALERTS = frozenset(
-    {
-        "TLSV13_ALERT_CERTIFICATE_REQUIRED",  # no client certificate (TLS 1.3)
-        "TLSV1_ALERT_UNKNOWN_CA",  # signed by a CA the agent does not trust
-        "SSLV3_ALERT_BAD_CERTIFICATE",  # refused (TLS 1.2 also for none given)
-        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-        "SSLV3_ALERT_CERTIFICATE_REVOKED",
-        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
-        "TLSV1_ALERT_ACCESS_DENIED",
-    }
-)
-"""The TLS alerts (as OpenSSL names them when it receives one) by which the agent refuses the
-client's certificate. The client sends no other certificate, so each means the agent refused
-this one; the client's own refusal of the agent's certificate is an SSLCertVerificationError
-(``CERTIFICATE_VERIFY_FAILED``), which is not among them and stays Unavailable."""
-
-
-def _certificate_alert(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS alert in ``exc`` (or what it wraps) by which the agent refused the client
-    certificate, if that is what it is."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        error = pending.pop()
-        if error is None or id(error) in seen:
-            continue
-        seen.add(id(error))
-        # getattr: aiohttp's ClientConnector*Error are SSLErrors without SSLError's attributes.
-        if isinstance(error, ssl.SSLError) and getattr(error, "reason", None) in _CERTIFICATE_ALERTS:
-            return error
-        wrapped = getattr(error, "os_error", None)  # aiohttp's ClientConnectorError keeps it there
-        pending += [error.__cause__, error.__context__]
-        if isinstance(wrapped, BaseException):
-            pending.append(wrapped)
-    return None
 
 
 class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]
@@ -315,17 +278,14 @@ class ConsulClient:
         except _ACL_ERRORS as exc:
             denied, cause = self._denied(what, str(exc)), self._cause(exc)
         except (aiohttp.ClientError, OSError) as exc:
-            alert = _certificate_alert(exc)
-            if alert is None:
+            refusal = certificate_refusal(exc)
+            if refusal is None:
                 raise
-            said = str(alert.reason).partition("_ALERT_")[2].lower().replace("_", " ")
-            denied, cause = (
-                PermissionDenied(
-                    f"Consul agent {self.host} refused the TLS connection {what}: its alert "
-                    f"'{said}' ({alert.reason}) (as {self._certificate})"
-                ),
-                exc,
+            denied = PermissionDenied(
+                f"Consul agent {self.host} refused the TLS connection {what}: {refusal} "
+                f"(as {self._certificate})"
             )
+            cause = exc
         # Raised here, not in the except clause: a py-consul error that showed the secret
         # (dropped by _cause) must not stay on as the refusal's __context__ either.
         raise denied from cause

@@ -18,6 +18,7 @@ from coordination.abc import (
     ParsedURL,
     ResumePoint,
     SessionMonitor,
+    client_certificate,
     credentials,
     ssl_context,
 )
@@ -93,7 +94,10 @@ class ZooKeeperBackend(Backend):
     an ``ssl`` context; aiozk itself has no TLS). ZooKeeper accepts any digest
     credential: a wrong password is simply another identity, so it is refused (as
     :class:`~coordination.PermissionDenied`, naming the znode and the user) at the first
-    operation on a znode whose ACL does not grant it, like any other client's.
+    operation on a znode whose ACL does not grant it, like any other client's. A server
+    that refuses the client certificate in the TLS handshake (its alert) is a
+    PermissionDenied naming the alert and ``cert_file``; a server certificate the client does
+    not trust is :class:`~coordination.Unavailable`.
 
     Layout, compatible with kazoo and Apache Curator (so their locks and elections on the
     same path and this SDK exclude each other and see each other's leader):
@@ -181,6 +185,7 @@ class ZooKeeperBackend(Backend):
             raise InvalidURL(f"option 'acl': {exc}") from None
         self._access = Access(
             tls=ssl_context(self.settings),
+            certificate=client_certificate(self.settings),
             server_name=self.settings["server_name"],
             user=user,
             password=password,

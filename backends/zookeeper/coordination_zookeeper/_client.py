@@ -48,7 +48,7 @@ from aiozk.session import Session  # type: ignore[import-untyped]
 from aiozk.states import SessionStateMachine, States  # type: ignore[import-untyped]
 from anyio.abc import TaskGroup
 
-from coordination.abc import get_logger, mapped_error
+from coordination.abc import certificate_refusal, get_logger, mapped_error
 from coordination.exceptions import CoordinationError, NotHeld, PermissionDenied, SessionExpired, Unavailable
 
 log = get_logger("coordination.zookeeper")
@@ -133,6 +133,8 @@ class Access:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     acl: Sequence[Any] = (protocol.UNRESTRICTED_ACCESS,)
+    certificate: str = "no client certificate"
+    """Which client certificate TLS presents, for the message of a refused handshake."""
 
     @property
     def who(self) -> str:
@@ -642,7 +644,15 @@ class ZooKeeperClient(Session):  # type: ignore[misc]
                     if reply[1].session_id != 0 and self.access.user is not None:
                         # Before the session is used: every request on it carries the user.
                         await conn.authenticate(self.access.user, self.access.password or "")
-            except Exception as error:
+            except Exception as failure:
+                error: Exception = failure
+                refusal = certificate_refusal(error) if self.access.tls is not None else None
+                if refusal is not None:  # the server's TLS alert: it refused our certificate
+                    error = PermissionDenied(
+                        f"ZooKeeper at {host}:{port} refused the TLS connection: {refusal} "
+                        f"(as {self.access.certificate})"
+                    )
+                    error.__cause__ = failure
                 log.log(
                     logging.WARNING if isinstance(error, PermissionDenied) else logging.DEBUG,
                     "connecting to %s:%s failed: %r",

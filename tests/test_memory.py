@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from functools import partial
 from typing import Any, ClassVar
 
 import anyio
@@ -748,15 +749,19 @@ async def test_log_records_carry_the_session_name_and_token(
     caplog.set_level(logging.DEBUG, logger="coordination")
     url = f"memory://logs-{uuid.uuid4().hex[:8]}"
     terms: list[int] = []
+    ran = anyio.Event()
 
     async def job(leadership: coordination.Leadership) -> None:
         terms.append(leadership.token)
+        ran.set()
 
     with anyio.fail_after(scaled(20)):
         async with coordination.connect(url) as coord:
             first = coord.session_id
-            with anyio.move_on_after(0.2):  # one term, then waiting out min_interval
-                await coord.election("e").run(job, b"me", min_interval=10.0)
+            async with anyio.create_task_group() as tg:  # one term, then waiting out min_interval
+                tg.start_soon(partial(coord.election("e").run, job, b"me", min_interval=60.0))
+                await ran.wait()
+                tg.cancel_scope.cancel()
             held = await coord.lock("l").acquire()
             coord.driver.store.expire(first)  # type: ignore[attr-defined]
             await held.wait_lost()

@@ -221,7 +221,9 @@ class Holding:
             return
         self._lost_reason = reason
         self._ended.set()
-        self._engine.metrics.ended(self._kind, self.name, time.monotonic() - self._since, lost=True)
+        # Ended by closing the coordinator is not a loss anyone should be alerted to.
+        lost = not self._engine._closing
+        self._engine.metrics.ended(self._kind, self.name, time.monotonic() - self._since, lost=lost)
         for scope in self._scopes:
             scope.cancel()
 
@@ -326,6 +328,10 @@ class Holding:
         if self._released:  # released inside the body
             return swallowed
         if not self.held:
+            if not swallowed and isinstance(exc, anyio.get_cancelled_exc_class()):
+                # Cancelled from outside as it was lost: the cancellation goes on (a plain
+                # asyncio cancel is delivered once, and must not become a loss to handle).
+                return False
             raise self._lost_exc() from (None if swallowed else exc)
         with anyio.CancelScope(shield=True):
             await self._end()

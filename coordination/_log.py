@@ -5,7 +5,7 @@ backend's ``coordination.<backend>``) has these attributes, for structured logge
 (``%(session_id)s`` in a format, or a JSON formatter's fields):
 
 ``session_id``      the coordinator's current session id (``None`` before the first one)
-``primitive_name``  the lock, election, config or group name the record is about, if one is
+``primitive_name``  the lock or election name the record is about, if one is
 ``token``           the fencing token of the holding it is about, if one is
 
 They come from the task the record is logged in: the coordinator's background tasks and
@@ -44,11 +44,11 @@ _CONTEXT: ContextVar[_Context | None] = ContextVar("coordination_log_context", d
 @contextlib.contextmanager
 def bind(source: _HasSession, name: str | None = None, token: int | None = None) -> Iterator[None]:
     """Within the block, this task's records are about ``source``'s session (an engine) and,
-    if given, the name and token; a name or token bound outside for the same source stays."""
+    if given, the name and token (a pair: a new name drops the token bound outside); without
+    a name, the name and token bound outside for the same source stay."""
     outer = _CONTEXT.get()
-    if outer is not None and outer.source is source:
-        name = outer.name if name is None else name
-        token = outer.token if token is None else token
+    if name is None and outer is not None and outer.source is source:
+        name, token = outer.name, outer.token
     reset = _CONTEXT.set(_Context(source, name, token))
     try:
         yield

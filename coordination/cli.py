@@ -158,7 +158,9 @@ async def _elect_requeue(args: argparse.Namespace, value: bytes) -> int:
         _note(f"the command exited with status {status}; resigning, then campaigning again")
 
     async with connect(args.url) as coord:
-        await coord.election(args.name).run(job, value, min_interval=args.min_interval)
+        # propagate: a CMD that cannot be started (not found, not executable) ends the command
+        # with its status rather than being tried again in every term; CMD's exit is no error.
+        await coord.election(args.name).run(job, value, min_interval=args.min_interval, propagate=True)
     raise AssertionError("unreachable: election.run() returns only by raising")
 
 

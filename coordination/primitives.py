@@ -237,8 +237,10 @@ class Election:
         A job's exception is logged at ERROR (with the term's token) and the loop goes on, as
         a scheduler's would; ``propagate=True`` raises it from ``run()`` instead, after
         resigning. Returns only by raising: cancelled (resigning at once, so another
-        candidate leads without waiting for a TTL), the coordinator closed, or an error that
-        waiting does not cure (:class:`~coordination.PermissionDenied`).
+        candidate leads without waiting for a TTL), the coordinator closed (a term it ends
+        is lost, then the next campaign raises), or a campaign refused
+        (:class:`~coordination.PermissionDenied`). A resignation that fails ends the session,
+        so that its leadership cannot outlive the term on the server.
         """
         value = validate_value(value)
         if not (math.isfinite(min_interval) and min_interval >= 0):
@@ -273,18 +275,26 @@ class Election:
         where = f"election {self.name!r} term {term} (token {leadership.token})"
         with leadership._bound():
             log.info("%s: leading, running the job", where)
+            failure: Exception | None = None
             try:
                 async with leadership:
-                    await job(leadership)
-            except LeadershipLost as exc:
-                if not leadership.lost:
-                    raise  # not this term's: the job's own business, like any error below
+                    try:
+                        await job(leadership)
+                    except Exception as exc:  # the job's own; leaving the block resigns first
+                        failure = exc
+            except LeadershipLost as exc:  # this term's loss (the job's own are in failure)
                 log.warning("%s: leadership lost, the job was cancelled: %s", where, exc)
                 return True
-            except Exception:
+            except Exception as exc:
+                # Resigning failed: the contender may still be on the server, where it would
+                # lead with no job running. End the session: the server drops it with the session.
+                log.error("%s: resigning failed, ending the session: %r", where, exc)
+                leadership._session.lose(f"resigning {self.name!r} failed: {exc!r}")
+                return True
+            if failure is not None:
                 if propagate:
-                    raise
-                log.exception("%s: the job failed; campaigning again", where)
+                    raise failure
+                log.error("%s: the job failed; campaigning again", where, exc_info=failure)
                 return True
             log.info("%s: the job returned; resigned", where)
             return False

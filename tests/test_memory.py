@@ -776,3 +776,54 @@ async def test_log_records_carry_the_session_name_and_token(
     assert [(r.session_id, r.primitive_name, r.token) for r in leading] == [(first, "e", term)]  # type: ignore[attr-defined]
     lost = [r for r in records if r.getMessage().startswith(f"session {first} lost")]
     assert [r.session_id for r in lost] == [first]  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_run_stops_on_a_plain_asyncio_cancel_that_comes_with_a_loss(
+    scaled: Callable[[float], float],
+) -> None:
+    """``task.cancel()`` (delivered once, unlike a cancel scope) at the moment the term is
+    lost: run() ends cancelled and campaigns no more; it does not take the cancel for a loss."""
+    import asyncio as aio
+
+    url = f"memory://run-cancel-{uuid.uuid4().hex[:8]}"
+    ran = anyio.Event()
+
+    async def job(leadership: coordination.Leadership) -> None:
+        ran.set()
+        await anyio.sleep_forever()
+
+    async with coordination.connect(url) as coord, coordination.connect(url) as observer:
+        task = aio.ensure_future(coord.election("e").run(job, b"me", min_interval=0.0))
+        with anyio.fail_after(scaled(10)):
+            await ran.wait()
+        coord.driver.store.expire(coord.session_id)  # type: ignore[attr-defined]
+        task.cancel()
+        with pytest.raises(aio.CancelledError):
+            await aio.wait_for(task, scaled(10))
+        assert await observer.election("e").candidates() == []
+
+
+@pytest.mark.asyncio
+async def test_run_treats_another_elections_loss_as_the_jobs_error(
+    caplog: pytest.LogCaptureFixture, scaled: Callable[[float], float]
+) -> None:
+    """A job that raises some other election's LeadershipLost has failed like any job: logged,
+    and run() campaigns again (it does not end run(), and it is not this term's loss)."""
+    url = f"memory://run-other-{uuid.uuid4().hex[:8]}"
+    terms: list[int] = []
+    again = anyio.Event()
+
+    async def job(leadership: coordination.Leadership) -> None:
+        terms.append(leadership.token)
+        if len(terms) == 2:
+            again.set()
+            await anyio.sleep_forever()
+        raise coordination.LeadershipLost("another election's", name="other", token=1)
+
+    async with coordination.connect(url) as coord, anyio.create_task_group() as tg:
+        tg.start_soon(partial(coord.election("e").run, job, b"me", min_interval=0.0))
+        with anyio.fail_after(scaled(10)):
+            await again.wait()
+        tg.cancel_scope.cancel()
+    assert [r.levelname for r in caplog.records if "the job failed" in r.getMessage()] == ["ERROR"]

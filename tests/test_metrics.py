@@ -11,6 +11,8 @@ from collections.abc import Callable
 import pytest
 from _metrics_scenario import check, run_scenario
 
+import coordination
+
 asyncio = pytest.mark.asyncio
 
 
@@ -44,3 +46,18 @@ def test_without_opentelemetry_nothing_is_recorded_and_nothing_fails() -> None:
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@asyncio
+async def test_closing_with_a_lock_held_is_not_a_loss() -> None:
+    """A holding ended by closing its coordinator records its hold, but no ``coordination.lost``."""
+    from _metrics_scenario import added, points, reader
+
+    reader()
+    before = points()
+    async with coordination.connect("memory://metrics-close") as coord:
+        await coord.lock("closing/held").acquire()
+    seen = added(before, points())
+    held = frozenset({("backend", "memory"), ("name", "closing/held")})
+    assert seen[("coordination.lock.hold", held)] == 1
+    assert not [key for key in seen if key[0] == "coordination.lost"]

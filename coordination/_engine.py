@@ -279,11 +279,10 @@ class Holding:
             return
         self._session.holdings.discard(self)
         self._lose(reason)
-        try:
-            with self._bound():
+        with self._bound():
+            try:
                 await self._engine.withdraw(self._session, self._contender)
-        except CoordinationError as exc:  # the loss error is what the caller must see
-            with self._bound():
+            except CoordinationError as exc:  # the loss error is what the caller must see
                 log.warning("withdrawing %s %r after a refused write failed: %r", self._what, self.name, exc)
 
     async def _end(self) -> None:

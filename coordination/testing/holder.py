@@ -257,8 +257,8 @@ class _Holder:
         """The guarded body: ``held``, the work (:meth:`_body`), then ``releasing`` or
         ``cancelled``, with its span (from ``since`` if given, else from ``held``)."""
         self.current, token = held, held.token
-        start = _emit("held", token)
-        start = start if since is None else since
+        emitted = _emit("held", token)
+        start = emitted if since is None else since
         if self.spans is not None:
             self.spans.acquired(token, start)
         try:

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -31,9 +28,9 @@ import pytest
 from coordination import Capability, Coordinator, Leadership
 from coordination.primitives import RUN_BACKOFF
 
-from .fenced import FencedProcess
 from .fixtures import Harness
-from .holder import Span, overlapping, read_spans
+from .holder import Span, overlapping
+from .suite import _strictly_increasing, span_holders
 
 __all__ = ["LeaderLoopTests"]
 
@@ -95,20 +92,27 @@ class _Runners:
     def start(
         self,
         tg: anyio.abc.TaskGroup,
-        runner: int,
-        coord: Coordinator,
+        coords: Sequence[Coordinator],
         hold: Callable[[], Awaitable[None]],
         min_interval: float,
     ) -> None:
-        scope = self.scopes[runner] = anyio.CancelScope()
+        """Runner ``i`` runs on ``coords[i]`` in ``tg``, its job holding with ``hold``; it can be
+        cancelled alone through ``scopes[i]``."""
+        for runner, coord in enumerate(coords):
+            scope = self.scopes[runner] = anyio.CancelScope()
+            job = self.job(runner, hold)
+            tg.start_soon(self._run, scope, coord, job, f"r{runner}".encode(), min_interval)
 
-        async def run() -> None:
-            with scope:
-                await coord.election(self.name).run(
-                    self.job(runner, hold), f"r{runner}".encode(), min_interval=min_interval
-                )
-
-        tg.start_soon(run)
+    async def _run(
+        self,
+        scope: anyio.CancelScope,
+        coord: Coordinator,
+        job: Callable[[Leadership], Awaitable[None]],
+        value: bytes,
+        min_interval: float,
+    ) -> None:
+        with scope:
+            await coord.election(self.name).run(job, value, min_interval=min_interval)
 
     async def until(self, done: Callable[[], bool], seconds: float, what: str) -> None:
         async def wait() -> None:
@@ -141,10 +145,9 @@ class LeaderLoopTests:
         least ``min_interval`` apart. Across processes where the backend is CROSS_PROCESS
         (every job's writes also checked by a fenced resource), else on separate sessions."""
         if Capability.CROSS_PROCESS in harness.capabilities:
-            spans = await self._runner_processes(harness, "loop")
+            spans, stopped = await self._runner_processes(harness, "loop")
         else:
-            spans = await self._runner_tasks(harness, "loop")
-        stopped = time.monotonic()
+            spans, stopped = await self._runner_tasks(harness, "loop")
         overlaps = overlapping(spans, stopped)
         starts: dict[str, list[float]] = {}
         for span in spans:
@@ -161,7 +164,7 @@ class LeaderLoopTests:
         )
         assert not overlaps, f"{len(overlaps)} overlapping terms, e.g. {overlaps[:3]}"
         tokens = [span.token for span in spans]
-        assert all(a < b for a, b in itertools.pairwise(tokens)), f"tokens out of term order: {tokens}"
+        assert _strictly_increasing(tokens), f"tokens out of term order: {tokens}"
         assert len(starts) == RUNNERS, f"not every runner led: {sorted(starts)}"
         assert len(spans) >= 2 * RUNNERS, f"only {len(spans)} terms"
         early = [gap for gap in gaps if gap < self.min_interval - TOLERANCE]
@@ -169,48 +172,37 @@ class LeaderLoopTests:
             f"terms of one runner began closer than min_interval={self.min_interval}: {early[:5]}"
         )
 
-    async def _runner_processes(self, harness: Harness, name: str) -> list[Span]:
-        with tempfile.TemporaryDirectory(prefix="coordination-loop-") as folder:
-            log = os.path.join(folder, "spans")
-            async with (
-                FencedProcess.start(os.path.join(folder, "resource")) as resource,
-                AsyncExitStack() as stack,
-            ):
-                runners = []
-                for i in range(RUNNERS):
-                    arguments = ["--election", f"p{i}", "--run", "--min-interval", str(self.min_interval)]
-                    arguments += ["--hold", "0.02:0.08", "--write-every", "0.005"]
-                    arguments += ["--spans", log, "--label", f"p{i}", "--resource", resource.address]
-                    runners.append(
-                        await stack.enter_async_context(
-                            harness.holder(name, *arguments, label=f"runner p{i}")
-                        )
-                    )
-                await anyio.sleep(harness.t(self.exclusion_seconds))
-                for runner in runners:
-                    runner.kill()
-                for runner in runners:
-                    await runner.wait(harness.t(10))
-                refused = [d for d in resource.decisions(name) if not d.accepted]
-                assert resource.decisions(name), "the runners wrote nothing to the fenced resource"
-                assert not refused, f"the fenced resource refused writes of healthy runners: {refused[:3]}"
-            return read_spans(log)
+    async def _runner_processes(self, harness: Harness, name: str) -> tuple[list[Span], float]:
+        arguments = [
+            [
+                *("--election", f"p{i}", "--run", "--min-interval", str(self.min_interval)),
+                *("--hold", "0.02:0.08", "--write-every", "0.005"),
+            ]
+            for i in range(RUNNERS)
+        ]
+        spans, decisions, stopped = await span_holders(
+            harness, name, arguments, self.exclusion_seconds, label="runner"
+        )
+        refused = [d for d in decisions if not d.accepted]
+        assert decisions, "the runners wrote nothing to the fenced resource"
+        assert not refused, f"the fenced resource refused writes of healthy runners: {refused[:3]}"
+        return spans, stopped
 
-    async def _runner_tasks(self, harness: Harness, name: str) -> list[Span]:
+    async def _runner_tasks(self, harness: Harness, name: str) -> tuple[list[Span], float]:
         runners = _Runners(harness, name)
 
         async def hold() -> None:
             await anyio.sleep(random.uniform(0.02, 0.08))
 
         async with harness.sessions(RUNNERS) as coords, anyio.create_task_group() as tg:
-            for i, coord in enumerate(coords):
-                runners.start(tg, i, coord, hold, self.min_interval)
+            runners.start(tg, coords, hold, self.min_interval)
             await anyio.sleep(harness.t(self.exclusion_seconds))
             tg.cancel_scope.cancel()
-        return [
+        spans = [
             Span(f"p{t.runner}", t.token, t.start, t.end, "lost" if t.lost else "released")
             for t in runners.terms
         ]
+        return spans, time.monotonic()
 
     @asyncio
     async def test_min_interval_holds_between_terms_of_one_runner(
@@ -224,8 +216,7 @@ class LeaderLoopTests:
             pass
 
         async with harness.sessions(2) as coords, anyio.create_task_group() as tg:
-            for i, coord in enumerate(coords):
-                runners.start(tg, i, coord, hold, self.min_interval)
+            runners.start(tg, coords, hold, self.min_interval)
             await runners.until(lambda: len(runners.terms) >= 8, 30, "8 terms")
             tg.cancel_scope.cancel()
         starts: dict[str, list[float]] = {}
@@ -245,7 +236,7 @@ class LeaderLoopTests:
         )
         assert len(starts) == 2, "both runners led"
         tokens = [term.token for term in runners.terms]
-        assert all(a < b for a, b in itertools.pairwise(tokens)), f"tokens out of term order: {tokens}"
+        assert _strictly_increasing(tokens), f"tokens out of term order: {tokens}"
 
     @asyncio
     @pytest.mark.requires(Capability.EXPIRE_SESSION)
@@ -259,8 +250,7 @@ class LeaderLoopTests:
         the race for the next term itself)."""
         runners = _Runners(harness, "expiry")
         async with harness.sessions(2) as coords, anyio.create_task_group() as tg:
-            for i, coord in enumerate(coords):
-                runners.start(tg, i, coord, _forever, 0.0)
+            runners.start(tg, coords, _forever, 0.0)
             await runners.until(lambda: len(runners.terms) >= 1, 15, "a first term")
             first = runners.terms[0]
             expired_at = time.monotonic()
@@ -305,8 +295,7 @@ class LeaderLoopTests:
         cancelled runner is no longer a candidate."""
         runners = _Runners(harness, "cancel")
         async with harness.sessions(2) as coords, anyio.create_task_group() as tg:
-            for i, coord in enumerate(coords):
-                runners.start(tg, i, coord, _forever, 0.0)
+            runners.start(tg, coords, _forever, 0.0)
             await runners.until(lambda: len(runners.terms) >= 1, 15, "a first term")
             first = runners.terms[0]
             election = coords[1 - first.runner].election("cancel")
@@ -337,7 +326,7 @@ class LeaderLoopTests:
 
         caplog.set_level(logging.ERROR, logger="coordination")
         async with harness.session() as coord, anyio.create_task_group() as tg:
-            runners.start(tg, 0, coord, fail, 0.0)
+            runners.start(tg, [coord], fail, 0.0)
             await runners.until(lambda: len(runners.terms) >= 3, 30, "3 failed terms")
             tg.cancel_scope.cancel()
         starts = [term.start for term in runners.terms[:3]]

@@ -20,7 +20,7 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Literal
 
@@ -48,9 +48,9 @@ from coordination import (
     Versioned,
 )
 
-from .fenced import FencedProcess
+from .fenced import Decision, FencedProcess
 from .fixtures import Harness, Recorder, WatchTap, not_run
-from .holder import overlapping, read_spans
+from .holder import Span, overlapping, read_spans
 
 __all__ = ["BadInputTests", "ConfigTests", "ElectionTests", "GroupTests", "LockTests", "SessionTests"]
 
@@ -450,25 +450,26 @@ async def _crash_failover(
     assert failover <= harness.t(harness.failover_bound), f"failover took {failover:.2f}s"
 
 
-async def _exclusion_across_processes(
-    harness: Harness, request: pytest.FixtureRequest, kind: Literal["lock", "election"], seconds: float
-) -> None:
-    name = f"exclusive-{kind}"
-    processes = 3
-    with tempfile.TemporaryDirectory(prefix="coordination-exclusion-") as folder:
+async def span_holders(
+    harness: Harness, name: str, arguments: Sequence[list[str]], seconds: float, *, label: str = "holder"
+) -> tuple[list[Span], list[Decision], float]:
+    """Holder processes on ``name`` (the i-th with ``arguments[i]``, labelled ``p<i>``), each
+    appending its spans to one shared log and writing to one fenced resource process, for a
+    scaled ``seconds``; then killed. Their spans, the resource's decisions on ``name``, and
+    when they were killed (a span still held counts as held until then)."""
+    with tempfile.TemporaryDirectory(prefix="coordination-spans-") as folder:
         log = os.path.join(folder, "spans")
         async with (
             FencedProcess.start(os.path.join(folder, "resource")) as resource,
             AsyncExitStack() as stack,
         ):
             holders = []
-            for i in range(processes):
-                arguments = ["--loop", "--hold", "0.01:0.05", "--write-every", "0.005"]
-                arguments += ["--spans", log, "--label", f"p{i}", "--resource", resource.address]
-                if kind == "election":
-                    arguments += ["--election", f"p{i}"]
+            for i, given in enumerate(arguments):
+                shared = ["--spans", log, "--label", f"p{i}", "--resource", resource.address]
                 holders.append(
-                    await stack.enter_async_context(harness.holder(name, *arguments, label=f"holder p{i}"))
+                    await stack.enter_async_context(
+                        harness.holder(name, *given, *shared, label=f"{label} p{i}")
+                    )
                 )
             await anyio.sleep(harness.t(seconds))
             for holder in holders:
@@ -476,8 +477,20 @@ async def _exclusion_across_processes(
             stopped = time.monotonic()
             for holder in holders:
                 await holder.wait(harness.t(10))
-        spans = read_spans(log)
-        decisions = resource.decisions(name)
+        return read_spans(log), resource.decisions(name), stopped
+
+
+async def _exclusion_across_processes(
+    harness: Harness, request: pytest.FixtureRequest, kind: Literal["lock", "election"], seconds: float
+) -> None:
+    name = f"exclusive-{kind}"
+    processes = 3
+    arguments = [
+        ["--loop", "--hold", "0.01:0.05", "--write-every", "0.005"]
+        + (["--election", f"p{i}"] if kind == "election" else [])
+        for i in range(processes)
+    ]
+    spans, decisions, stopped = await span_holders(harness, name, arguments, seconds)
     overlaps = overlapping(spans, stopped)
     refused = [d for d in decisions if not d.accepted]
     request.node.user_properties.extend([("overlaps", len(overlaps)), ("acquisitions", len(spans))])

@@ -21,7 +21,6 @@ from coordination.abc import (
     client_certificate,
     get_logger,
     ssl_context,
-    tls_enabled,
 )
 from coordination.capabilities import Capability
 from coordination.exceptions import (
@@ -198,8 +197,8 @@ class ConsulBackend(Backend):
             else "no token: neither the 'token' option nor $CONSUL_HTTP_TOKEN is set"
         )
         self._certificate = client_certificate(options)
-        self.tls = tls_enabled(options)
         self._ssl = ssl_context(options)  # an unusable TLS file is an InvalidURL here, at once
+        self.tls = self._ssl is not None
         self._http: ConsulClient | None = None
         self.wakeups = 0
 

@@ -161,8 +161,8 @@ class ConsulClient:
         tls: ssl.SSLContext | None,
         token: str | None,
         datacenter: str | None,
-        token_source: str | None = None,
-        certificate: str | None = None,
+        token_source: str,
+        certificate: str,
     ) -> None:
         """``token_source`` says which token requests are sent with, for the messages of
         refusals (never the token itself): where it was given, or that there is none.
@@ -171,10 +171,8 @@ class ConsulClient:
         self._consul = _Consul(hosts, scheme, tls, datacenter)
         self._consul.token = token  # py-consul would let $CONSUL_HTTP_TOKEN win over it
         self._token = token
-        self._token_source = token_source or (
-            "the token given" if token else "no token (Consul's anonymous token)"
-        )
-        self._certificate = certificate or "the client certificate given"
+        self._token_source = token_source
+        self._certificate = certificate
         self._http: _HTTPClient = self._consul.http
         self._dc = datacenter
         self._in_flight: dict[anyio.CancelScope, int] = {}

@@ -14,7 +14,7 @@ from ._names import validate_name
 from ._types import SessionState
 from .abc import Backend
 from .capabilities import Capability
-from .primitives import Config, Election, Group, Lock
+from .primitives import Config, Counter, Election, Group, Lock, RWLock, Semaphore
 
 __all__ = ["Coordinator"]
 
@@ -93,6 +93,19 @@ class Coordinator:
     def group(self, name: str) -> Group:
         """A group named ``name``: join it, list its members, watch them (no I/O until used)."""
         return Group(self._engine, validate_name(name))
+
+    def semaphore(self, name: str, limit: int) -> Semaphore:
+        """A distributed semaphore named ``name`` with at most ``limit`` holders (no I/O
+        until acquired); every holder must use the same ``limit``."""
+        return Semaphore(self._engine, validate_name(name), limit)
+
+    def rwlock(self, name: str) -> RWLock:
+        """A distributed read/write lock named ``name``: ``rw.read()``, ``rw.write()``."""
+        return RWLock(self._engine, validate_name(name))
+
+    def counter(self, name: str) -> Counter:
+        """A shared integer named ``name``: ``await counter.add(1)``, ``await counter.get()``."""
+        return Counter(self._engine, validate_name(name))
 
     # -- operators -------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from ._log import bind, get_logger
 from ._metrics import Metrics
 from ._types import SessionState
 from ._url import default_identity
-from .abc import Backend, BackendSession, Backoff, Kind, ResumePoint
+from .abc import Backend, BackendSession, Backoff, Kind, Queued, ResumePoint
 from .exceptions import (
     AcquireTimeout,
     CoordinationError,
@@ -58,6 +58,17 @@ def reply_budget(ttl: float, timeout: float) -> float:
     """How long a keepalive may go unanswered before the session counts as SUSPENDED and
     the keepalive is sent again, to another node: a fifth of the TTL (at most ``timeout``)."""
     return min(timeout, max(ttl / 5, 0.05))
+
+
+def _enqueue(
+    bs: BackendSession[Any], kind: Kind, key: str, value: bytes, limit: int
+) -> Awaitable[Queued[Any]]:
+    """The backend hook that joins a contender queue of ``kind``."""
+    if kind == "semaphore":
+        return bs.enqueue_semaphore(key, value, limit)
+    if kind == "read" or kind == "write":
+        return bs.enqueue_rw(kind, key, value)
+    return bs.enqueue(kind, key, value)
 
 
 class Session:
@@ -778,8 +789,10 @@ class Engine:
         blocking: bool,
         timeout: float | None,
         holding: type[H],
+        limit: int = 1,
     ) -> H | None:
         """Enqueue ``value`` under ``name`` and wait to own it; return a ``holding`` of it.
+        (``limit``: a semaphore's number of holders.)
 
         A lost session restarts the attempt on the next one; a blocking attempt waits for it
         however long the server is out of reach (bounded only by ``timeout``). A timeout, a
@@ -796,7 +809,7 @@ class Engine:
                         raise
                     continue  # it waited an operation timeout for the next session: wait on
                 try:
-                    held = await self._attempt(session, kind, name, key, value, blocking, holding)
+                    held = await self._attempt(session, kind, name, key, value, blocking, holding, limit)
                 except _TRANSIENT:
                     if not blocking:
                         raise
@@ -818,6 +831,7 @@ class Engine:
         value: bytes,
         blocking: bool,
         holding: type[H],
+        limit: int,
     ) -> H | None:
         """One try on one session; ``None`` if not owner (or the session was lost)."""
         bs = session.bs
@@ -831,7 +845,7 @@ class Engine:
                     if not blocking:
                         return None  # another contender of this session is ahead
                     await contender.turn.wait()
-                queued = await self.call(bs.enqueue(kind, key, value), f"joining {kind} {key!r}")
+                queued = await self.call(_enqueue(bs, kind, key, value, limit), f"joining {kind} {key!r}")
                 contender.handle, token = queued
                 if token is None and blocking:
                     token = await bs.wait_owner(contender.handle)

@@ -14,8 +14,10 @@ The meter is ``coordination``; the instruments (see the README's "Metrics"):
 =================================== ========= ====================================================
 
 Every data point carries ``backend`` (the URL scheme); locks and elections also ``name``
-(the lock or election name, without the namespace). Never a value, an identity, a session
-id or a secret: attributes are labels of time series, and those would make one per holder.
+(the lock or election name, without the namespace). Semaphore slots and read/write locks
+count as locks, with ``kind`` (``semaphore``, ``read``, ``write``) on their data points.
+Never a value, an identity, a session id or a secret: attributes are labels of time series,
+and those would make one per holder.
 """
 
 from __future__ import annotations
@@ -73,12 +75,16 @@ class Metrics:
     def _named(self, name: str, **more: Any) -> dict[str, Any]:
         return {**self._backend, "name": name, **more}
 
+    def _lock_named(self, kind: str, name: str) -> dict[str, Any]:
+        """A plain lock's attributes, or a semaphore's and read/write lock's with their kind."""
+        return self._named(name) if kind == "lock" else self._named(name, kind=kind)
+
     def acquired(self, kind: str, name: str, waited: float) -> None:
         """A lock was acquired, or leadership won, ``waited`` seconds after it was asked for."""
         if not self.enabled:
             return
-        if kind == "lock":
-            self._lock_wait.record(waited, self._named(name))
+        if kind != "election":  # a lock, a semaphore slot, a read/write lock's side
+            self._lock_wait.record(waited, self._lock_named(kind, name))
         else:
             self._campaign.record(waited, self._named(name))
             self._changes.add(1, self._named(name))
@@ -87,8 +93,8 @@ class Metrics:
         """A lock or leadership ended after ``held`` seconds: released (resigned) or lost."""
         if not self.enabled:
             return
-        if kind == "lock":
-            self._lock_hold.record(held, self._named(name))
+        if kind != "election":
+            self._lock_hold.record(held, self._lock_named(kind, name))
         if lost:
             self._lost.add(1, self._named(name, kind=kind))
 

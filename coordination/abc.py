@@ -74,6 +74,7 @@ __all__ = [
     "Option",
     "ParsedURL",
     "Queued",
+    "RWMode",
     "ResumePoint",
     "SessionMonitor",
     "credentials",
@@ -84,8 +85,14 @@ __all__ = [
     "tls_enabled",
 ]
 
-Kind = Literal["lock", "election"]
-"""Which primitive a contender queue belongs to. Backends may lay both out the same way."""
+Kind = Literal["lock", "election", "semaphore", "read", "write"]
+"""Which primitive a contender queue belongs to: a lock, an election, a semaphore
+(:meth:`BackendSession.enqueue_semaphore`), or a read/write lock's ``read`` and ``write``
+sides (:meth:`BackendSession.enqueue_rw`, one queue for both). Backends may lay locks and
+elections out the same way."""
+
+RWMode = Literal["read", "write"]
+"""Which side of a read/write lock a contender takes."""
 
 ContenderT = TypeVar("ContenderT")
 ClientT = TypeVar("ClientT")
@@ -260,6 +267,40 @@ class BackendSession(ABC, Generic[ContenderT]):
 
         Raises :class:`~coordination.NotHeld` if ``contender`` is no longer the owner.
         """
+
+    # -- semaphores and read/write locks ---------------------------------------------------
+    #
+    # Both are contender queues too: :meth:`wait_owner` waits for a contender they made,
+    # :meth:`withdraw` releases it, and the core makes its holding. A backend that lacks
+    # them leaves the defaults, which refuse.
+
+    async def enqueue_semaphore(self, name: str, value: bytes, limit: int) -> Queued[ContenderT]:
+        """Join the semaphore ``name``, bound to this session: at most ``limit`` contenders
+        hold it at once, granted in arrival order (the holders are always the first
+        ``limit`` contenders in the queue). Return the contender, and its token if it holds
+        already (``None``: ``limit`` others are ahead; :meth:`wait_owner` waits for a slot).
+
+        ``value`` is the holder identity. Tokens strictly increase across successive grants
+        of ``name``, whoever holds the other slots. Waking is driven by watches, waking a
+        waiter only when a holder it could succeed leaves (not every waiter at every
+        release), where the backend allows it.
+
+        Raises :class:`~coordination.SemaphoreConflict` (leaving nothing behind) if the
+        semaphore's holders or waiters use another limit, where the layout records it; the
+        core's ``limit`` is always at least 1. Otherwise as :meth:`enqueue`.
+        """
+        raise Unsupported("this backend has no semaphores")
+
+    async def enqueue_rw(self, mode: RWMode, name: str, value: bytes) -> Queued[ContenderT]:
+        """Join the read/write lock ``name`` (one queue for both modes, in arrival order),
+        bound to this session, and return its token if it holds already.
+
+        A ``read`` contender holds while no ``write`` contender is ahead of it (readers
+        share); a ``write`` contender holds when it is first. So a waiting writer blocks the
+        readers that come after it: writers are not starved. Tokens strictly increase across
+        successive grants of ``name`` in either mode. Otherwise as :meth:`enqueue`.
+        """
+        raise Unsupported("this backend has no read/write locks")
 
     # -- writes guarded by a holding ------------------------------------------------------
 

@@ -16,6 +16,7 @@ or ``except TimeoutError`` clauses keep working::
      +-- LockLost                                   a held lock was lost
      +-- LeadershipLost                             a leadership was lost
      +-- NotHeld                                    release/proclaim/resign of what is not held
+     +-- SemaphoreConflict      (also ValueError)   a semaphore's holders use another limit
      +-- Unsupported                                the backend lacks a capability
 
 Backend client errors are mapped to the most specific error here, never leaked raw; the
@@ -35,6 +36,7 @@ __all__ = [
     "NotHeld",
     "OperationTimeout",
     "PermissionDenied",
+    "SemaphoreConflict",
     "SessionExpired",
     "Unavailable",
     "Unsupported",
@@ -116,6 +118,14 @@ class LeadershipLost(_HoldingError):
 
 class NotHeld(_HoldingError):
     """The lock or leadership is not held by this handle (already released or resigned)."""
+
+
+class SemaphoreConflict(CoordinationError, ValueError):
+    """A semaphore's holders or waiters use another ``limit`` than this acquire asked for.
+
+    Nothing is left behind on the server; acquire with the limit the others use (the
+    message gives it), or use another name. As Consul's own semaphore refuses.
+    """
 
 
 class Unsupported(CoordinationError):

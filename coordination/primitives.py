@@ -8,11 +8,12 @@ Made by a :class:`~coordination.Coordinator` (``coord.lock(name)``, ``coord.elec
 from __future__ import annotations
 
 import math
+import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar, cast
 
 import anyio
 
@@ -20,25 +21,34 @@ from ._engine import Contender, Engine, Holding, Membership, Session
 from ._log import get_logger
 from ._names import validate_value
 from ._types import Leader, Member, Versioned
-from .abc import HISTORY_RESET, BackendSession, Backoff
+from .abc import HISTORY_RESET, BackendSession, Backoff, Kind
 from .capabilities import Capability
 from .exceptions import LeadershipLost, LockLost, Unsupported
 
 __all__ = [
     "Config",
+    "Counter",
     "Election",
     "Group",
     "HeldLock",
+    "HeldRead",
+    "HeldWrite",
     "Joining",
     "Leader",
     "Leadership",
     "Lock",
     "Member",
     "Membership",
+    "RWLock",
+    "ReadLock",
+    "Semaphore",
+    "Slot",
     "Versioned",
+    "WriteLock",
 ]
 
 T = TypeVar("T")
+H = TypeVar("H", bound=Holding)
 
 log = get_logger("coordination")
 
@@ -98,38 +108,51 @@ class Leadership(Holding):
         await self._end()
 
 
-class Lock:
-    """A distributed lock. Not re-entrant: a task that holds it and enters again waits."""
+class _Acquirer(Generic[H]):
+    """What Lock, Semaphore and a read/write lock's sides share: acquire, try_acquire and
+    ``async with``. Not re-entrant: a task that holds it and enters again waits (for a
+    semaphore: takes another slot)."""
+
+    _kind: ClassVar[Kind]
+    _holding: ClassVar[type[Holding]]
+    _limit = 1
 
     def __init__(self, engine: Engine, name: str) -> None:
         self._engine = engine
         self.name = name
-        self._entered: dict[int, list[HeldLock]] = {}
+        self._entered: dict[int, list[H]] = {}
 
     def __repr__(self) -> str:
-        return f"<Lock {self.name!r}>"
+        return f"<{type(self).__name__} {self.name!r}>"
 
-    async def acquire(self, timeout: float | None = None) -> HeldLock:
-        """Wait until the lock is held and return it.
+    async def _take(self, *, blocking: bool, timeout: float | None) -> H | None:
+        engine = self._engine
+        holding = cast(type[H], self._holding)
+        return await engine.acquire(
+            self._kind,
+            self.name,
+            engine.identity.encode(),
+            blocking=blocking,
+            timeout=timeout,
+            holding=holding,
+            limit=self._limit,
+        )
+
+    async def acquire(self, timeout: float | None = None) -> H:
+        """Wait until held and return the holding.
 
         Raises :class:`~coordination.AcquireTimeout` after ``timeout`` seconds. A timed-out
         or cancelled acquire leaves nothing behind that could delay the next acquirer.
         """
-        engine = self._engine
-        held = await engine.acquire(
-            "lock", self.name, engine.identity.encode(), blocking=True, timeout=timeout, holding=HeldLock
-        )
+        held = await self._take(blocking=True, timeout=timeout)
         assert held is not None
         return held
 
-    async def try_acquire(self) -> HeldLock | None:
-        """Take the lock if it is free right now; ``None`` if another holder or waiter is ahead."""
-        engine = self._engine
-        return await engine.acquire(
-            "lock", self.name, engine.identity.encode(), blocking=False, timeout=None, holding=HeldLock
-        )
+    async def try_acquire(self) -> H | None:
+        """Take it if that is possible right now; ``None`` if it would have to wait."""
+        return await self._take(blocking=False, timeout=None)
 
-    async def __aenter__(self) -> HeldLock:
+    async def __aenter__(self) -> H:
         held = await self.acquire()
         await held.__aenter__()
         self._entered.setdefault(anyio.get_current_task().id, []).append(held)
@@ -144,6 +167,113 @@ class Lock:
         if not stack:
             del self._entered[task]
         return await held.__aexit__(exc_type, exc, tb)
+
+
+class Lock(_Acquirer[HeldLock]):
+    """A distributed lock. Not re-entrant: a task that holds it and enters again waits.
+
+    ``try_acquire()`` returns ``None`` if another holder or waiter is ahead."""
+
+    _kind = "lock"
+    _holding = HeldLock
+
+
+class Slot(Holding):
+    """One held slot of a :class:`Semaphore`. ``token`` strictly increases across the
+    grants of the semaphore's slots, whoever holds the others."""
+
+    _what = "semaphore slot of"
+    _kind = "semaphore"
+    _lost_error = LockLost
+
+    async def release(self) -> None:
+        """Give the slot back; the next waiter is woken.
+
+        Raises :class:`~coordination.LockLost` if it was lost meanwhile and
+        :class:`~coordination.NotHeld` if it was already released.
+        """
+        await self._end()
+
+
+class Semaphore(_Acquirer[Slot]):
+    """A distributed semaphore: at most ``limit`` holders at once, granted in arrival order.
+
+    ``async with sem as slot:`` holds a slot for the block (lost: the body is cancelled and
+    :class:`~coordination.LockLost` raised at its exit). Every holder must use the same
+    ``limit``: an acquire with another limit than the holders and waiters have raises
+    :class:`~coordination.SemaphoreConflict`, where the backend's layout records the limit.
+    """
+
+    _kind = "semaphore"
+    _holding = Slot
+
+    def __init__(self, engine: Engine, name: str, limit: int) -> None:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"semaphore {name!r}: limit must be an int of at least 1, not {limit!r}")
+        super().__init__(engine, name)
+        self.limit = limit
+        """How many holders the semaphore has at most."""
+        self._limit = limit
+
+    def __repr__(self) -> str:
+        return f"<Semaphore {self.name!r} limit={self.limit}>"
+
+
+class HeldRead(Holding):
+    """A held read side of an :class:`RWLock`: shared with other readers, never with a
+    writer. ``token`` strictly increases across the lock's grants, reads and writes."""
+
+    _what = "read lock"
+    _kind: ClassVar[Kind] = "read"
+    _lost_error = LockLost
+
+    async def release(self) -> None:
+        """Release it. Raises :class:`~coordination.LockLost` if it was lost meanwhile and
+        :class:`~coordination.NotHeld` if it was already released."""
+        await self._end()
+
+
+class HeldWrite(HeldRead):
+    """A held write side of an :class:`RWLock`: exclusive of every reader and writer."""
+
+    _what = "write lock"
+    _kind = "write"
+
+
+class ReadLock(_Acquirer[HeldRead]):
+    """The read side of an :class:`RWLock` (``rw.read()``): shared by readers; a reader
+    that comes after a waiting writer waits for it."""
+
+    _kind = "read"
+    _holding = HeldRead
+
+
+class WriteLock(_Acquirer[HeldWrite]):
+    """The write side of an :class:`RWLock` (``rw.write()``): exclusive."""
+
+    _kind = "write"
+    _holding = HeldWrite
+
+
+class RWLock:
+    """A distributed read/write lock: many readers or one writer. One queue in arrival
+    order for both, so a waiting writer blocks the readers after it (writers are not
+    starved). ``async with rw.read() as r:`` and ``async with rw.write() as w:``."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<RWLock {self.name!r}>"
+
+    def read(self) -> ReadLock:
+        """The read side (no I/O until acquired)."""
+        return ReadLock(self._engine, self.name)
+
+    def write(self) -> WriteLock:
+        """The write side (no I/O until acquired)."""
+        return WriteLock(self._engine, self.name)
 
 
 class Campaign:
@@ -444,6 +574,64 @@ class Config:
                     continue
                 last_version, absent = item.version, False
             yield item
+
+
+class Counter:
+    """A shared integer: ``await counter.add(n)`` adds atomically and returns the new value.
+
+    Stored as the config value ``name`` in ASCII decimal (``b"42"``; absent is 0), the
+    format kazoo's ``Counter`` uses, readable by ``etcdctl get`` and ``consul kv get``.
+    Adding is a compare-and-set loop on the value's version: it retries when another
+    writer got in between, and never adds twice.
+    """
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
+        self.name = name
+        self._key = engine.key(name)
+
+    def __repr__(self) -> str:
+        return f"<Counter {self.name!r}>"
+
+    def _parse(self, stored: Versioned | None) -> int:
+        if stored is None:
+            return 0
+        try:
+            return int(stored.value.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise ValueError(
+                f"counter {self.name!r}: the stored value {stored.value[:40]!r} is not an integer "
+                "in ASCII decimal (is the name used for something else?)"
+            ) from None
+
+    async def get(self) -> int:
+        """The current value (0 if never added to)."""
+        engine = self._engine
+        engine.check_open()
+        return self._parse(await engine.call(engine.backend.get(self._key), f"reading counter {self.name!r}"))
+
+    async def add(self, n: int = 1) -> int:
+        """Add ``n`` (negative subtracts) and return the value after this addition.
+
+        An :class:`~coordination.OperationTimeout` or :class:`~coordination.Unavailable`
+        from the write means its fate is unknown (the server may have applied it): this
+        never retries a write that may have been applied, so nothing is added twice.
+        """
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"counter {self.name!r}: add() takes an int, not {type(n).__name__}")
+        engine = self._engine
+        engine.check_open()
+        backend, what = engine.backend, f"adding to counter {self.name!r}"
+        backoff = Backoff(first=0.001, longest=0.05)
+        while True:
+            stored = await engine.call(backend.get(self._key), what)
+            value = self._parse(stored) + n
+            expected = None if stored is None else stored.version
+            if await engine.call(backend.compare_and_set(self._key, str(value).encode(), expected), what):
+                return value
+            # Another writer got in between: read again, after a short random pause so that
+            # writers that collided do not collide again in lock step.
+            await anyio.sleep(random.uniform(0, backoff.next()))
 
 
 class Joining:
